@@ -1,0 +1,129 @@
+"""Checking and aligning user input before any numerics see it.
+
+Every error message says what is wrong in the user's terms (sizes, labels, column
+names) and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+from numpy.typing import NDArray
+
+__all__ = ["align_kinship", "check_design", "check_kinship"]
+
+_SHOW_LABELS = 5
+
+
+def _preview(labels: Sequence[Any]) -> str:
+    shown = ", ".join(repr(label) for label in list(labels)[:_SHOW_LABELS])
+    more = len(labels) - _SHOW_LABELS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def align_kinship(kinship: Any, index: pd.Index) -> Any:
+    """Reorder a labelled kinship to ``index``; pass an unlabelled one through.
+
+    A :class:`pandas.DataFrame` kinship is matched to the data by label on both
+    axes; individuals in the kinship but not in the data are left out. Data
+    labels missing from the kinship raise a ``ValueError`` that lists them.
+    """
+    if not isinstance(kinship, pd.DataFrame):
+        return kinship
+    if not kinship.index.equals(kinship.columns):
+        if set(kinship.index) != set(kinship.columns) or len(kinship.index) != len(
+            kinship.columns
+        ):
+            raise ValueError(
+                "kinship DataFrame must have the same labels on its rows and columns; "
+                f"rows not among columns: {_preview(kinship.index.difference(kinship.columns))}"
+            )
+    if not kinship.index.is_unique:
+        duplicated = kinship.index[kinship.index.duplicated()].unique()
+        raise ValueError(f"kinship labels are not unique: {_preview(duplicated)} repeat")
+    missing = index.difference(kinship.index, sort=False)
+    if len(missing) > 0:
+        raise ValueError(
+            f"{len(missing)} of the {len(index)} individuals in the data have no row in "
+            f"the kinship: {_preview(missing)}. Kinship labels look like "
+            f"{_preview(kinship.index)}."
+        )
+    return kinship.loc[index, index]
+
+
+def check_kinship(kinship: Any, nobs: int) -> NDArray[np.float64]:
+    """Validate a kinship matrix for ``nobs`` individuals and return it as floats.
+
+    It must be numeric, two-dimensional, square, of size ``nobs``, finite and
+    symmetric to round-off; it is returned exactly symmetric. Positive
+    semi-definiteness is checked when it is eigendecomposed.
+    """
+    if isinstance(kinship, pd.DataFrame):
+        kinship = kinship.to_numpy()
+    try:
+        array = np.asarray(kinship, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"kinship must be a numeric matrix, not {type(kinship).__name__}") from exc
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"kinship must be a square matrix; it has shape {array.shape}")
+    if array.shape[0] != nobs:
+        raise ValueError(
+            f"kinship is {array.shape[0]} x {array.shape[1]} but the data have {nobs} "
+            f"observations; it must be {nobs} x {nobs}, one row and column per individual "
+            "in the same order (or a DataFrame labelled by the data's index)"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        rows, cols = np.nonzero(~finite)
+        raise ValueError(
+            f"kinship has {rows.size} non-finite entries (NaN or inf), the first at "
+            f"row {rows[0]}, column {cols[0]}"
+        )
+    scale = float(np.abs(array).max()) if array.size else 0.0
+    asymmetry = float(np.abs(array - array.T).max()) if array.size else 0.0
+    if asymmetry > np.sqrt(np.finfo(float).eps) * max(scale, 1.0):
+        row, col = np.unravel_index(np.argmax(np.abs(array - array.T)), array.shape)
+        raise ValueError(
+            f"kinship is not symmetric: entry [{row}, {col}] = {array[row, col]:.6g} but "
+            f"[{col}, {row}] = {array[col, row]:.6g}"
+        )
+    return (array + array.T) / 2.0
+
+
+def _non_finite_rows(array: NDArray[np.float64]) -> NDArray[np.intp]:
+    bad = ~np.isfinite(array)
+    return np.nonzero(bad if bad.ndim == 1 else bad.any(axis=1))[0]
+
+
+def check_design(
+    endog: NDArray[np.float64], exog: NDArray[np.float64], exog_names: Sequence[str]
+) -> None:
+    """Reject a response or design that no fit can use, saying why."""
+    for name, array in (("endog", endog), ("exog", exog)):
+        rows = _non_finite_rows(array)
+        if rows.size:
+            raise ValueError(
+                f"{name} has NaN or inf in {rows.size} rows (the first: {_preview(rows)}); "
+                "pass missing='drop' to drop those rows (and the same rows and columns "
+                "of the kinship)"
+            )
+    nobs, k_exog = exog.shape
+    if nobs <= k_exog:
+        raise ValueError(
+            f"{nobs} observations are not enough for {k_exog} fixed effects plus two "
+            "variance components"
+        )
+    _, upper, pivots = scipy.linalg.qr(exog, mode="economic", pivoting=True)
+    diagonal = np.abs(np.diag(upper))
+    rank = int((diagonal > diagonal[0] * max(nobs, k_exog) * np.finfo(float).eps).sum())
+    if rank < k_exog:
+        dependent = [exog_names[i] for i in sorted(pivots[rank:])]
+        raise ValueError(
+            f"exog is rank deficient (rank {rank} < {k_exog} columns): "
+            f"{_preview(dependent)} are linear combinations of the other columns; "
+            "drop them or reparametrise"
+        )

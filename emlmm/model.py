@@ -1,0 +1,299 @@
+"""The EMLMM model: a linear mixed model with a known kinship, fitted by EM."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from statsmodels.base.model import LikelihoodModel
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
+
+from emlmm import _em
+from emlmm._data import align_kinship, check_design, check_kinship
+from emlmm._spectral import KinshipSpectrum
+
+__all__ = ["EMLMM"]
+
+FitMethod = Literal["em", "lab"]
+
+
+class EMLMM(LikelihoodModel):
+    r"""Linear mixed model with a known kinship matrix, fitted by EM.
+
+    .. math::
+
+        y = X\beta + a + e,\qquad a \sim N(0, \sigma_a^2 A),\qquad
+        e \sim N(0, \sigma_e^2 I)
+
+    The kinship ``A`` is eigendecomposed once when the model is built; every EM
+    iteration afterwards costs O(n p).
+
+    Parameters
+    ----------
+    endog : array_like
+        The response, one value per individual.
+    exog : array_like
+        The fixed-effects design matrix (include a constant column for an
+        intercept, e.g. with :func:`statsmodels.api.add_constant`).
+    kinship : array_like or pandas.DataFrame
+        The n x n relatedness matrix ``A``: symmetric and positive semi-definite.
+        A DataFrame labelled by the individuals is matched to ``endog``'s index
+        (or to the formula data's index) by label; extra individuals in the
+        kinship are left out.
+    missing : {"none", "drop", "raise"}
+        What to do with rows that have NaN in ``endog`` or ``exog``. With
+        ``"drop"`` (the default of :meth:`from_formula`) the same rows *and*
+        columns of the kinship are dropped.
+    **kwargs
+        Passed to :class:`statsmodels.base.model.LikelihoodModel`.
+
+    Attributes
+    ----------
+    kinship : ndarray
+        The kinship after alignment and dropping of missing rows.
+    spectrum : KinshipSpectrum
+        Its eigendecomposition.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from emlmm import EMLMM
+    >>> rng = np.random.default_rng(0)
+    >>> groups = np.repeat(np.arange(40), 5)
+    >>> kinship = (groups[:, None] == groups[None, :]).astype(float)
+    >>> df = pd.DataFrame({"x": rng.normal(size=200)})
+    >>> df["y"] = 1 + 2 * df.x + rng.normal(size=40)[groups] + rng.normal(size=200)
+    >>> result = EMLMM.from_formula("y ~ 1 + x", data=df, kinship=kinship).fit()
+    >>> print(result.params.round(3))
+    Intercept    1.07
+    x            2.05
+    dtype: float64
+    >>> print(round(result.sigma2_a, 3), round(result.sigma2_e, 3))
+    0.907 0.993
+    """
+
+    def __init__(
+        self,
+        endog: ArrayLike,
+        exog: ArrayLike,
+        kinship: ArrayLike | pd.DataFrame,
+        missing: str = "none",
+        **kwargs: Any,
+    ) -> None:
+        if exog is None:
+            raise ValueError(
+                "exog is required; for an intercept-only model pass a column of ones "
+                "(or use from_formula with 'y ~ 1')"
+            )
+        missing_idx = kwargs.get("missing_idx")
+        if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
+            kinship = align_kinship(kinship, endog.index)
+        n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
+        kinship = check_kinship(kinship, n_rows)
+        super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
+        self.kinship: NDArray[np.float64]
+        if self.endog.ndim == 2 and self.endog.shape[1] == 1:
+            self.endog = self.endog[:, 0]
+        if self.endog.ndim != 1:
+            raise ValueError(f"endog must be one column; it has shape {self.endog.shape}")
+        check_design(self.endog, self.exog, self.exog_names)
+        self.spectrum = KinshipSpectrum.from_kinship(self.kinship)
+        if self.spectrum.rank == 0:
+            raise ValueError("kinship is zero: it has no positive eigenvalue")
+        self._rotated = _em.RotatedData(
+            endog=self.spectrum.rotate(self.endog),
+            exog=self.spectrum.rotate(self.exog),
+            eigenvalues=self.spectrum.eigenvalues,
+        )
+        if _em.boundary_estimate(self._rotated, reml=False).sigma2_e <= 0.0:
+            raise ValueError(
+                "endog is exactly a linear combination of exog (for example a constant "
+                "response with an intercept): there is no variance to model"
+            )
+
+    @classmethod
+    def from_formula(  # type: ignore[override]
+        cls,
+        formula: str,
+        data: pd.DataFrame,
+        kinship: ArrayLike | pd.DataFrame,
+        subset: Any = None,
+        drop_cols: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> EMLMM:
+        """Create a model from a formula and a DataFrame.
+
+        Parameters
+        ----------
+        formula : str
+            A patsy formula, e.g. ``"y ~ 1 + sex + snp"``.
+        data : pandas.DataFrame
+            The data, one row per individual.
+        kinship : array_like or pandas.DataFrame
+            The kinship, in the order of ``data``'s rows, or a DataFrame labelled
+            by ``data.index`` (aligned by label).
+        subset, drop_cols, *args, **kwargs
+            As for :meth:`statsmodels.base.model.Model.from_formula`. Rows with
+            missing values are dropped (``missing="drop"``), together with the
+            matching rows and columns of the kinship.
+
+        Returns
+        -------
+        EMLMM
+        """
+        if subset is not None:
+            data = data.loc[subset]
+        kinship = align_kinship(kinship, data.index)
+        # statsmodels counts frames from its own from_formula; ours adds one.
+        eval_env = kwargs.pop("eval_env", None)
+        if eval_env is None:
+            eval_env = 1
+        kwargs["eval_env"] = (
+            eval_env + 1 if isinstance(eval_env, int) and eval_env >= 0 else eval_env
+        )
+        return super().from_formula(
+            formula, data, None, drop_cols, *args, kinship=kinship, **kwargs
+        )
+
+    def initialize(self) -> None:
+        self.nobs = float(self.endog.shape[0])
+        self.k_exog = int(self.exog.shape[1])
+        self.rank = self.k_exog
+        self.df_model = float(self.k_exog - self.k_constant)
+        self.df_resid = float(self.nobs - self.k_exog)
+
+    def loglike(self, params: ArrayLike, reml: bool = False) -> float:
+        """Log-likelihood at ``params`` = (fixed effects..., sigma2_a, sigma2_e).
+
+        The full Gaussian log-likelihood (constant included), comparable with
+        ``OLS(...).fit().llf``; with ``reml=True`` the restricted likelihood of
+        the variance components (the fixed effects in ``params`` are then ignored).
+        """
+        estimate = self._unpack(params)
+        return _em.criterion(self._rotated, estimate, reml)
+
+    def predict(self, params: ArrayLike, exog: ArrayLike | None = None) -> NDArray[np.float64]:
+        """Marginal mean ``exog @ params`` (fixed effects only)."""
+        exog = self.exog if exog is None else np.asarray(exog, dtype=float)
+        return exog @ np.asarray(params, dtype=float)[: self.k_exog]
+
+    def _unpack(self, params: ArrayLike) -> _em.Estimate:
+        values = np.asarray(params, dtype=float)
+        if values.shape != (self.k_exog + 2,):
+            raise ValueError(
+                f"params must hold {self.k_exog} fixed effects followed by sigma2_a and "
+                f"sigma2_e ({self.k_exog + 2} values); got shape {values.shape}"
+            )
+        if values[-2] < 0 or values[-1] <= 0:
+            raise ValueError(
+                f"variances must satisfy sigma2_a >= 0 and sigma2_e > 0; got {values[-2:]}"
+            )
+        return _em.Estimate(values[: self.k_exog], float(values[-2]), float(values[-1]))
+
+    def _start(self, start_params: ArrayLike | str | None, reml: bool) -> _em.Estimate:
+        if start_params is None:
+            return _em.grid_start(self._rotated, reml)
+        if isinstance(start_params, str):
+            if start_params != "lab":
+                raise ValueError(
+                    f"start_params must be None, 'lab' or an array, not {start_params!r}"
+                )
+            return _em.Estimate(
+                np.zeros(self.k_exog), _em.LAB_START_SIGMA2_A, _em.LAB_START_SIGMA2_E
+            )
+        estimate = self._unpack(start_params)
+        if estimate.sigma2_a == 0.0:
+            raise ValueError("EM cannot leave sigma2_a = 0; start it at a positive value")
+        return estimate
+
+    def fit(  # type: ignore[override]
+        self,
+        start_params: ArrayLike | str | None = None,
+        method: FitMethod = "em",
+        maxiter: int = 10_000,
+        tol: float | None = None,
+        reml: bool = False,
+        disp: bool = False,
+        use_t: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Fit by EM.
+
+        Parameters
+        ----------
+        start_params : None, "lab" or array_like
+            ``None`` (default) starts from the best heritability on a grid;
+            ``"lab"`` from the lab's values (sigma2_a = 70, sigma2_e = 10,
+            beta = 0); an array gives fixed effects, sigma2_a and sigma2_e.
+        method : {"em", "lab"}
+            ``"em"``: EM in the lab's order of updates, stopping when the gain a
+            Fisher-scoring step predicts is below ``tol`` (default 1e-12), which
+            EM's slow crawl near sigma2_a = 0 cannot fool; a maximum on the
+            boundary sigma2_a = 0 is detected and taken. ``"lab"``: the lab's
+            algorithm verbatim, including its stopping rule (an iteration gains
+            less than ``tol``, default 1e-5) and its ``ginv`` treatment of a
+            singular kinship, which does not maximise the likelihood.
+        maxiter : int
+            Maximum number of EM iterations; reaching it raises a
+            :class:`~statsmodels.tools.sm_exceptions.ConvergenceWarning`.
+        tol : float, optional
+            Convergence tolerance (see ``method``).
+        reml : bool
+            Restricted maximum likelihood by REML EM updates (``method="em"`` only).
+        disp : bool
+            Print one line per iteration, as the lab asks:
+            ``iteration = 1, loglikelihood = -500.123``.
+        use_t : bool
+            Use t rather than normal reference distributions for the fixed effects.
+
+        Returns
+        -------
+        EMLMMResultsWrapper
+            Results whose ``params`` carry the design's column names.
+        """
+        from emlmm.results import EMLMMResults, EMLMMResultsWrapper
+
+        if kwargs:
+            raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
+        if method not in ("em", "lab"):
+            raise ValueError(f"method must be 'em' or 'lab', not {method!r}")
+        lab = method == "lab"
+        if lab and reml:
+            raise ValueError("the lab's algorithm is maximum likelihood; use method='em' for REML")
+        if lab and self.spectrum.rank < self.spectrum.n:
+            warnings.warn(
+                f"the kinship is singular (rank {self.spectrum.rank} of {self.spectrum.n}); "
+                "the lab's ginv-based EM then does not maximise the likelihood (it "
+                "leaves the fixed effects in the kinship's null space where they start). "
+                "Use method='em' for the maximum-likelihood fit.",
+                ModelWarning,
+                stacklevel=2,
+            )
+        if tol is None:
+            tol = _em.LAB_TOLERANCE if lab else _em.DEFAULT_TOLERANCE
+        trace = _em.fit_em(
+            self._rotated,
+            self._start(start_params, reml),
+            reml=reml,
+            lab=lab,
+            maxiter=maxiter,
+            tol=tol,
+            callback=_print_iteration if disp else None,
+        )
+        if not trace.converged:
+            warnings.warn(
+                f"EM did not converge in {maxiter} iterations (last log-likelihood "
+                f"{trace.llf_history[-1]:.6f}); raise maxiter or loosen tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        results = EMLMMResults(self, trace, reml=reml, method=method, use_t=use_t)
+        return EMLMMResultsWrapper(results)
+
+
+def _print_iteration(iteration: int, llf: float) -> None:
+    print(f"iteration = {iteration}, loglikelihood = {llf:.3f}")

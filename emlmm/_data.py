@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 from numpy.typing import NDArray
 
 __all__ = ["align_kinship", "check_design", "check_kinship"]
@@ -117,13 +116,22 @@ def check_design(
             f"{nobs} observations are not enough for {k_exog} fixed effects plus two "
             "variance components"
         )
-    _, upper, pivots = scipy.linalg.qr(exog, mode="economic", pivoting=True)
-    diagonal = np.abs(np.diag(upper))
-    rank = int((diagonal > diagonal[0] * max(nobs, k_exog) * np.finfo(float).eps).sum())
+    rank = np.linalg.matrix_rank(exog)
     if rank < k_exog:
-        dependent = [exog_names[i] for i in sorted(pivots[rank:])]
         raise ValueError(
             f"exog is rank deficient (rank {rank} < {k_exog} columns): "
-            f"{_preview(dependent)} are linear combinations of the other columns; "
-            "drop them or reparametrise"
+            f"{_preview(_redundant_columns(exog, exog_names))} are linear combinations "
+            "of the columns before them; drop them or reparametrise"
         )
+
+
+def _redundant_columns(exog: NDArray[np.float64], exog_names: Sequence[str]) -> list[str]:
+    """Columns, in design order, that lie in the span of the columns kept before them."""
+    kept: list[int] = []
+    redundant = []
+    for column in range(exog.shape[1]):
+        if np.linalg.matrix_rank(exog[:, [*kept, column]]) > len(kept):
+            kept.append(column)
+        else:
+            redundant.append(exog_names[column])
+    return redundant

@@ -108,7 +108,8 @@ class EMLMM(LikelihoodModel):
             exog=self.spectrum.rotate(self.exog),
             eigenvalues=self.spectrum.eigenvalues,
         )
-        if _em.boundary_estimate(self._rotated, reml=False).sigma2_e <= 0.0:
+        ols_variance = _em.boundary_estimate(self._rotated, reml=False).sigma2_e
+        if np.sqrt(ols_variance) <= 1e-10 * np.abs(self.endog).max():
             raise ValueError(
                 "endog is exactly a linear combination of exog (for example a constant "
                 "response with an intercept): there is no variance to model"

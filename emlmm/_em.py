@@ -5,14 +5,18 @@ With ``A = U diag(s) U'``, ``y~ = U'y`` and ``X~ = U'X``, the marginal covarianc
 Every quantity the lab computes with n x n generalised inverses is then a sum over
 the n eigen-directions, so one EM iteration costs O(n p) instead of O(n^3).
 
+Every function broadcasts over leading batch axes: ``exog`` may be ``(n, p)`` for
+one model or ``(k, n, p)`` for k models sharing the response and kinship (one per
+SNP in a scan), with ``beta`` of shape ``(..., p)`` and the variances of shape
+``(...)``. A single fit and a batched scan therefore run the same code.
+
 Nothing here knows about pandas, formulas or statsmodels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,55 +35,94 @@ LAB_TOLERANCE = 1e-5
 Array = NDArray[np.float64]
 
 
+def _t(matrix: Array) -> Array:
+    """Transpose the last two axes."""
+    return np.swapaxes(matrix, -1, -2)
+
+
+def _matvec(matrix: Array, vector: Array) -> Array:
+    return (matrix @ vector[..., None])[..., 0]
+
+
 @dataclass(frozen=True)
 class RotatedData:
-    """Response and design in the kinship eigenbasis, with the kinship's eigenvalues."""
+    """Response and design(s) in the kinship eigenbasis, with the kinship's eigenvalues.
+
+    ``exog_pinv`` (the design's pseudo-inverse, used by the lab's OLS update of
+    beta) is computed once by :meth:`build` and sliced with the designs by
+    :meth:`take`, so batched iterations never recompute it.
+    """
 
     endog: Array
     exog: Array
     eigenvalues: Array
+    exog_pinv: Array
+
+    @classmethod
+    def build(cls, endog: Array, exog: Array, eigenvalues: Array) -> RotatedData:
+        return cls(endog, exog, eigenvalues, np.linalg.pinv(exog))
 
     @property
     def nobs(self) -> int:
-        return int(self.endog.shape[0])
+        return int(self.eigenvalues.shape[0])
 
     @property
     def k_exog(self) -> int:
-        return int(self.exog.shape[1])
+        return int(self.exog.shape[-1])
 
-    @cached_property
+    @property
     def rank(self) -> int:
         """Rank of the kinship: the dimension the random effect lives in."""
         return int(np.count_nonzero(self.eigenvalues))
 
-    @cached_property
-    def exog_pinv(self) -> Array:
-        """Pseudo-inverse of the rotated design, for the lab's OLS beta update."""
-        return np.linalg.pinv(self.exog)
+    def take(self, indices: NDArray[np.intp]) -> RotatedData:
+        """The models at ``indices`` of a batch."""
+        return replace(self, exog=self.exog[indices], exog_pinv=self.exog_pinv[indices])
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point in the parameter space: fixed effects and the two variances."""
+    """Fixed effects and the two variances (arrays, possibly batched)."""
 
     beta: Array
-    sigma2_a: float
-    sigma2_e: float
+    sigma2_a: Array
+    sigma2_e: Array
+
+    @classmethod
+    def of(cls, beta: Array, sigma2_a: Array | float, sigma2_e: Array | float) -> Estimate:
+        return cls(
+            np.asarray(beta, float), np.asarray(sigma2_a, float), np.asarray(sigma2_e, float)
+        )
+
+    def take(self, indices: NDArray[np.intp]) -> Estimate:
+        return Estimate(self.beta[indices], self.sigma2_a[indices], self.sigma2_e[indices])
+
+    def where(self, mask: NDArray[np.bool_], other: Estimate) -> Estimate:
+        """This estimate where ``mask`` holds, ``other`` elsewhere."""
+        return Estimate(
+            np.where(mask[..., None], self.beta, other.beta),
+            np.where(mask, self.sigma2_a, other.sigma2_a),
+            np.where(mask, self.sigma2_e, other.sigma2_e),
+        )
 
 
 @dataclass
 class EMTrace:
-    """What an EM run produced: the final estimate and how it got there."""
+    """What an EM run produced: the final estimate and how it got there.
+
+    ``n_iter`` and ``converged`` are per model in a batch; ``llf_history`` is
+    recorded for a single model only.
+    """
 
     estimate: Estimate
+    n_iter: NDArray[np.intp]
+    converged: NDArray[np.bool_]
     llf_history: list[float] = field(default_factory=list)
-    n_iter: int = 0
-    converged: bool = False
 
 
-def marginal_variances(data: RotatedData, sigma2_a: float, sigma2_e: float) -> Array:
-    """Diagonal of V in the eigenbasis."""
-    return sigma2_a * data.eigenvalues + sigma2_e
+def marginal_variances(data: RotatedData, sigma2_a: Array, sigma2_e: Array) -> Array:
+    """Diagonal of V in the eigenbasis, shape ``(..., n)``."""
+    return np.asarray(sigma2_a)[..., None] * data.eigenvalues + np.asarray(sigma2_e)[..., None]
 
 
 def gls(data: RotatedData, variances: Array) -> tuple[Array, Array, Array]:
@@ -87,23 +130,22 @@ def gls(data: RotatedData, variances: Array) -> tuple[Array, Array, Array]:
 
     Returns beta, ``(X' V^-1 X)^-1`` and the rotated residual ``y~ - X~ beta``.
     """
-    weighted = data.exog / variances[:, None]
-    information = data.exog.T @ weighted
-    cov_beta = np.linalg.inv(information)
-    beta = cov_beta @ (weighted.T @ data.endog)
-    return beta, cov_beta, data.endog - data.exog @ beta
+    weighted = data.exog / variances[..., :, None]
+    cov_beta = np.linalg.inv(_t(data.exog) @ weighted)
+    beta = _matvec(cov_beta, _t(weighted) @ data.endog)
+    return beta, cov_beta, data.endog - _matvec(data.exog, beta)
 
 
-def log_likelihood(data: RotatedData, estimate: Estimate) -> float:
+def log_likelihood(data: RotatedData, estimate: Estimate) -> Array:
     """Full Gaussian log-likelihood, comparable with ``OLS(...).fit().llf``."""
     variances = marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
-    resid = data.endog - data.exog @ estimate.beta
-    return -0.5 * float(
-        data.nobs * LOG_2PI + np.log(variances).sum() + (resid**2 / variances).sum()
+    resid = data.endog - _matvec(data.exog, estimate.beta)
+    return -0.5 * (
+        data.nobs * LOG_2PI + np.log(variances).sum(axis=-1) + (resid**2 / variances).sum(axis=-1)
     )
 
 
-def restricted_log_likelihood(data: RotatedData, sigma2_a: float, sigma2_e: float) -> float:
+def restricted_log_likelihood(data: RotatedData, sigma2_a: Array, sigma2_e: Array) -> Array:
     """REML log-likelihood, with the constant statsmodels' ``MixedLM`` uses.
 
     ``-1/2 [(n - p) log 2 pi + log|V| + log|X' V^-1 X| + r' V^-1 r]`` with r the GLS
@@ -112,37 +154,37 @@ def restricted_log_likelihood(data: RotatedData, sigma2_a: float, sigma2_e: floa
     variances = marginal_variances(data, sigma2_a, sigma2_e)
     _, cov_beta, resid = gls(data, variances)
     _, logdet_cov_beta = np.linalg.slogdet(cov_beta)
-    n_free = data.nobs - data.k_exog
-    return -0.5 * float(
-        n_free * LOG_2PI + np.log(variances).sum() - logdet_cov_beta + (resid**2 / variances).sum()
+    return -0.5 * (
+        (data.nobs - data.k_exog) * LOG_2PI
+        + np.log(variances).sum(axis=-1)
+        - logdet_cov_beta
+        + (resid**2 / variances).sum(axis=-1)
     )
 
 
-def criterion(data: RotatedData, estimate: Estimate, reml: bool) -> float:
+def criterion(data: RotatedData, estimate: Estimate, reml: bool) -> Array:
     """The objective the fit maximises: ML or REML log-likelihood."""
     if reml:
         return restricted_log_likelihood(data, estimate.sigma2_a, estimate.sigma2_e)
     return log_likelihood(data, estimate)
 
 
-def _trace_against(cov_beta: Array, weighted: Array, weights: Array) -> float:
+def _trace_against(cov_beta: Array, weighted: Array, weights: Array) -> Array:
     """``tr((X'V^-1 X)^-1 W' diag(weights) W)`` with ``W = V^-1 X``."""
-    return float(np.einsum("ij,ji->", cov_beta, weighted.T @ (weights[:, None] * weighted)))
+    return np.einsum("...ij,...ji->...", cov_beta, _t(weighted) @ (weights[..., None] * weighted))
 
 
-def _reml_traces(data: RotatedData, variances: Array, cov_beta: Array) -> tuple[float, float]:
+def _reml_traces(data: RotatedData, variances: Array, cov_beta: Array) -> tuple[Array, Array]:
     """``tr(P A)`` and ``tr(P)`` in the eigenbasis, in O(n p^2)."""
-    weighted = data.exog / variances[:, None]
+    weighted = data.exog / variances[..., :, None]
     s = data.eigenvalues
-    trace_pa = float(
-        (s / variances).sum() - np.trace(cov_beta @ (weighted.T @ (s[:, None] * weighted)))
-    )
-    trace_p = float((1.0 / variances).sum() - np.trace(cov_beta @ (weighted.T @ weighted)))
+    trace_pa = (s / variances).sum(axis=-1) - _trace_against(cov_beta, weighted, s)
+    trace_p = (1.0 / variances).sum(axis=-1) - _trace_against(cov_beta, weighted, np.ones_like(s))
     return trace_pa, trace_p
 
 
 def variance_score(data: RotatedData, estimate: Estimate, reml: bool) -> Array:
-    """Gradient of the criterion with respect to (sigma2_a, sigma2_e).
+    """Gradient of the criterion with respect to (sigma2_a, sigma2_e), shape ``(..., 2)``.
 
     For ML the residual is taken at ``estimate.beta``; for REML beta is profiled out.
     """
@@ -152,34 +194,38 @@ def variance_score(data: RotatedData, estimate: Estimate, reml: bool) -> Array:
         _, cov_beta, resid = gls(data, variances)
         trace_pa, trace_p = _reml_traces(data, variances, cov_beta)
     else:
-        resid = data.endog - data.exog @ estimate.beta
-        trace_pa, trace_p = float((s / variances).sum()), float((1.0 / variances).sum())
+        resid = data.endog - _matvec(data.exog, estimate.beta)
+        trace_pa, trace_p = (s / variances).sum(axis=-1), (1.0 / variances).sum(axis=-1)
     scaled = resid**2 / variances**2
-    return 0.5 * np.array([(s * scaled).sum() - trace_pa, scaled.sum() - trace_p])
+    return 0.5 * np.stack(
+        [(s * scaled).sum(axis=-1) - trace_pa, scaled.sum(axis=-1) - trace_p], axis=-1
+    )
 
 
-def variance_information(data: RotatedData, sigma2_a: float, sigma2_e: float, reml: bool) -> Array:
-    """Expected (Fisher) information for (sigma2_a, sigma2_e), ML or REML."""
+def variance_information(data: RotatedData, sigma2_a: Array, sigma2_e: Array, reml: bool) -> Array:
+    """Expected (Fisher) information for (sigma2_a, sigma2_e), shape ``(..., 2, 2)``."""
     variances = marginal_variances(data, sigma2_a, sigma2_e)
-    derivatives = (data.eigenvalues, np.ones_like(variances))
-    information = np.empty((2, 2))
+    derivatives = (data.eigenvalues, np.ones_like(data.eigenvalues))
     if reml:
-        weighted = data.exog / variances[:, None]
+        weighted = data.exog / variances[..., :, None]
         _, cov_beta, _ = gls(data, variances)
-        blocks = [weighted.T @ (dj[:, None] * weighted) for dj in derivatives]
+        blocks = [_t(weighted) @ (dj[:, None] * weighted) for dj in derivatives]
+    entries = []
     for j, dj in enumerate(derivatives):
         for k, dk in enumerate(derivatives):
-            value = (dj * dk / variances**2).sum()
+            value = (dj * dk / variances**2).sum(axis=-1)
             if reml:
-                value += -2.0 * np.trace(
-                    cov_beta @ (weighted.T @ ((dj * dk / variances)[:, None] * weighted))
+                value = value - 2.0 * _trace_against(cov_beta, weighted, dj * dk / variances)
+                value = value + np.einsum(
+                    "...ij,...ji->...", cov_beta @ blocks[j], cov_beta @ blocks[k]
                 )
-                value += np.trace(cov_beta @ blocks[j] @ cov_beta @ blocks[k])
-            information[j, k] = 0.5 * value
-    return information
+            entries.append(0.5 * value)
+    return np.stack(entries, axis=-1).reshape(*np.shape(entries[0]), 2, 2)
 
 
-def predicted_gain(data: RotatedData, estimate: Estimate, reml: bool) -> tuple[float, bool]:
+def predicted_gain(
+    data: RotatedData, estimate: Estimate, reml: bool
+) -> tuple[Array, NDArray[np.bool_]]:
     """How much one Fisher-scoring step from ``estimate`` would raise the criterion.
 
     This measures the distance to the maximum directly, so it does not mistake EM's
@@ -189,17 +235,25 @@ def predicted_gain(data: RotatedData, estimate: Estimate, reml: bool) -> tuple[f
     """
     score = variance_score(data, estimate, reml)
     information = variance_information(data, estimate.sigma2_a, estimate.sigma2_e, reml)
-    step = np.linalg.solve(information, score)
-    crosses_boundary = estimate.sigma2_a + step[0] < 0.0
-    if crosses_boundary:
-        step_a = -estimate.sigma2_a
-        step = np.array([step_a, (score[1] - information[1, 0] * step_a) / information[1, 1]])
-    gain = float(score @ step - 0.5 * step @ information @ step)
+    step = np.linalg.solve(information, score[..., None])[..., 0]
+    crosses_boundary = estimate.sigma2_a + step[..., 0] < 0.0
+    step_a = np.where(crosses_boundary, -estimate.sigma2_a, step[..., 0])
+    step_e = np.where(
+        crosses_boundary,
+        (score[..., 1] - information[..., 1, 0] * step_a) / information[..., 1, 1],
+        step[..., 1],
+    )
+    step = np.stack([step_a, step_e], axis=-1)
+    gain = (score * step).sum(axis=-1) - 0.5 * np.einsum(
+        "...i,...ij,...j->...", step, information, step
+    )
     if not reml:
         variances = marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
         beta_gls, cov_beta, _ = gls(data, variances)
         beta_step = beta_gls - estimate.beta
-        gain += 0.5 * float(beta_step @ np.linalg.solve(cov_beta, beta_step))
+        gain = gain + 0.5 * (
+            beta_step * np.linalg.solve(cov_beta, beta_step[..., None])[..., 0]
+        ).sum(axis=-1)
     return gain, crosses_boundary
 
 
@@ -207,7 +261,8 @@ def boundary_estimate(data: RotatedData, reml: bool) -> Estimate:
     """The best point with sigma2_a = 0: ordinary least squares."""
     beta, _, resid = gls(data, np.ones(data.nobs))
     dof = data.nobs - data.k_exog if reml else data.nobs
-    return Estimate(beta=beta, sigma2_a=0.0, sigma2_e=float(resid @ resid) / dof)
+    sigma2_e = (resid**2).sum(axis=-1) / dof
+    return Estimate.of(beta, np.zeros_like(sigma2_e), sigma2_e)
 
 
 def grid_start(data: RotatedData, reml: bool, n_grid: int = 30) -> Estimate:
@@ -217,18 +272,22 @@ def grid_start(data: RotatedData, reml: bool, n_grid: int = 30) -> Estimate:
     the overall scale and beta have closed forms, so each grid point costs O(n p^2).
     """
     mean_diagonal = float(data.eigenvalues.mean())
-    best: tuple[float, Estimate] | None = None
+    dof = data.nobs - data.k_exog if reml else data.nobs
+    best: Estimate | None = None
+    best_value = np.array(-np.inf)
     for h in 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, n_grid))):
-        unit_variances = h * data.eigenvalues / mean_diagonal + (1.0 - h)
+        unit_variances = np.broadcast_to(
+            h * data.eigenvalues / mean_diagonal + (1.0 - h), (*data.exog.shape[:-2], data.nobs)
+        )
         beta, _, resid = gls(data, unit_variances)
-        dof = data.nobs - data.k_exog if reml else data.nobs
-        scale = float((resid**2 / unit_variances).sum()) / dof
-        candidate = Estimate(beta, h * scale / mean_diagonal, (1.0 - h) * scale)
+        scale = (resid**2 / unit_variances).sum(axis=-1) / dof
+        candidate = Estimate.of(beta, h * scale / mean_diagonal, (1.0 - h) * scale)
         value = criterion(data, candidate, reml)
-        if best is None or value > best[0]:
-            best = (value, candidate)
+        better = value > best_value
+        best = candidate if best is None else candidate.where(better, best)
+        best_value = np.where(better, value, best_value)
     assert best is not None
-    return best[1]
+    return best
 
 
 def lab_em_step(data: RotatedData, estimate: Estimate, ginv_null_space: bool) -> Estimate:
@@ -242,24 +301,23 @@ def lab_em_step(data: RotatedData, estimate: Estimate, ginv_null_space: bool) ->
     whenever the kinship is non-singular.
     """
     s = data.eigenvalues
-    sigma2_a, sigma2_e = estimate.sigma2_a, estimate.sigma2_e
-    variances = marginal_variances(data, sigma2_a, sigma2_e)
+    sigma2_a, sigma2_e = estimate.sigma2_a[..., None], estimate.sigma2_e[..., None]
+    variances = sigma2_a * s + sigma2_e
     shrinkage = sigma2_a * s / variances
     if ginv_null_space:
         shrinkage = np.where(s > 0.0, shrinkage, 1.0)
-    resid = data.endog - data.exog @ estimate.beta
+    resid = data.endog - _matvec(data.exog, estimate.beta)
     alpha = shrinkage * resid
     posterior_variance = shrinkage * sigma2_e
-    beta = data.exog_pinv @ (data.endog - alpha)
-    # alpha' A^+ alpha and tr(A^+ V), written so that small eigenvalues do not blow up.
-    in_range = s > 0.0
-    sum_a = float(
-        (sigma2_a**2 * s[in_range] * resid[in_range] ** 2 / variances[in_range] ** 2).sum()
-        + (sigma2_a * sigma2_e / variances[in_range]).sum()
-    )
+    beta = _matvec(data.exog_pinv, data.endog - alpha)
+    # alpha' A^+ alpha and tr(A^+ V), written so that small eigenvalues do not blow
+    # up; both vanish where s = 0 because A^+ does.
+    sum_a = (
+        sigma2_a**2 * s * resid**2 / variances**2 + sigma2_a * sigma2_e * (s > 0) / variances
+    ).sum(axis=-1)
     divisor_a = data.nobs if ginv_null_space else data.rank
-    new_resid = data.endog - data.exog @ beta - alpha
-    sigma2_e_new = float((new_resid**2).sum() + posterior_variance.sum()) / data.nobs
+    new_resid = data.endog - _matvec(data.exog, beta) - alpha
+    sigma2_e_new = ((new_resid**2).sum(axis=-1) + posterior_variance.sum(axis=-1)) / data.nobs
     return Estimate(beta=beta, sigma2_a=sum_a / divisor_a, sigma2_e=sigma2_e_new)
 
 
@@ -276,10 +334,10 @@ def reml_em_step(data: RotatedData, estimate: Estimate) -> Estimate:
     _, cov_beta, resid = gls(data, variances)
     trace_pa, trace_p = _reml_traces(data, variances, cov_beta)
     scaled = resid**2 / variances**2
-    sigma2_a_new = sigma2_a + sigma2_a**2 * ((s * scaled).sum() - trace_pa) / data.rank
-    sigma2_e_new = sigma2_e + sigma2_e**2 * (scaled.sum() - trace_p) / data.nobs
+    sigma2_a_new = sigma2_a + sigma2_a**2 * ((s * scaled).sum(axis=-1) - trace_pa) / data.rank
+    sigma2_e_new = sigma2_e + sigma2_e**2 * (scaled.sum(axis=-1) - trace_p) / data.nobs
     beta, _, _ = gls(data, marginal_variances(data, sigma2_a_new, sigma2_e_new))
-    return Estimate(beta=beta, sigma2_a=float(sigma2_a_new), sigma2_e=float(sigma2_e_new))
+    return Estimate(beta=beta, sigma2_a=sigma2_a_new, sigma2_e=sigma2_e_new)
 
 
 def fit_em(
@@ -294,47 +352,79 @@ def fit_em(
 ) -> EMTrace:
     """Iterate EM from ``start`` until converged or ``maxiter`` iterations.
 
-    ``llf_history[0]`` is the criterion at ``start`` and ``llf_history[i]`` after
-    iteration i. With ``lab=True`` the lab's algorithm runs verbatim: its treatment
-    of a singular kinship and its stopping rule (stop once an iteration gains less
-    than ``tol``). Otherwise the fit stops when the gain a Fisher-scoring step
-    predicts is below ``tol``; where that step points past sigma2_a = 0, the
-    boundary point (OLS) is tried and taken if it is at least as good.
+    For a single model, ``llf_history[0]`` is the criterion at ``start`` and
+    ``llf_history[i]`` after iteration i. With ``lab=True`` the lab's algorithm runs
+    verbatim: its treatment of a singular kinship and its stopping rule (stop once
+    an iteration gains less than ``tol``). Otherwise a model stops when the gain a
+    Fisher-scoring step predicts is below ``tol``; where that step points past
+    sigma2_a = 0, the boundary point (OLS) is tried and taken if it is at least as
+    good. In a batch, models that have converged stop iterating.
     """
-    estimate = start
-    trace = EMTrace(estimate=start, llf_history=[criterion(data, start, reml)])
+    single = data.exog.ndim == 2
+    if single:
+        data = replace(data, exog=data.exog[None], exog_pinv=data.exog_pinv[None])
+        start = Estimate(start.beta[None], start.sigma2_a[None], start.sigma2_e[None])
+    n_models = data.exog.shape[0]
+    final = start
+    n_iter = np.zeros(n_models, dtype=np.intp)
+    converged = np.zeros(n_models, dtype=bool)
+    history: list[float] = []
+    active = np.arange(n_models)
+    current, sub = start, data
+    values = criterion(data, start, reml)
+    if single:
+        history.append(float(values[0]))
     for iteration in range(1, maxiter + 1):
-        previous = trace.llf_history[-1]
         if reml:
-            estimate = reml_em_step(data, estimate)
+            current = reml_em_step(sub, current)
         else:
-            estimate = lab_em_step(data, estimate, ginv_null_space=lab)
-        value = criterion(data, estimate, reml)
-        if not lab:
-            gain, crosses_boundary = predicted_gain(data, estimate, reml)
-            if crosses_boundary and gain >= tol:
-                estimate, value, gain = _try_boundary(data, estimate, value, gain, reml)
-        trace.llf_history.append(value)
-        trace.n_iter = iteration
-        trace.estimate = estimate
-        if callback is not None:
-            callback(iteration, value)
-        if (value - previous < tol) if lab else (gain < tol):
-            trace.converged = True
+            current = lab_em_step(sub, current, ginv_null_space=lab)
+        new_values = criterion(sub, current, reml)
+        if lab:
+            done = new_values - values < tol
+        else:
+            gain, crosses_boundary = predicted_gain(sub, current, reml)
+            if np.any(crosses_boundary & (gain >= tol)):
+                current, new_values, gain = _try_boundary(sub, current, new_values, gain, reml)
+            done = gain < tol
+        values = new_values
+        if single:
+            history.append(float(values[0]))
+            if callback is not None:
+                callback(iteration, float(values[0]))
+        n_iter[active] = iteration
+        final = _scatter(final, active, current)
+        converged[active[done]] = True
+        if done.all():
             break
-    return trace
+        keep = np.nonzero(~done)[0]
+        active, current, values = active[keep], current.take(keep), values[keep]
+        sub = data.take(active)
+    if single:
+        final = Estimate(final.beta[0], final.sigma2_a[0], final.sigma2_e[0])
+    return EMTrace(estimate=final, n_iter=n_iter, converged=converged, llf_history=history)
+
+
+def _scatter(full: Estimate, indices: NDArray[np.intp], part: Estimate) -> Estimate:
+    beta, sigma2_a, sigma2_e = full.beta.copy(), full.sigma2_a.copy(), full.sigma2_e.copy()
+    beta[indices], sigma2_a[indices], sigma2_e[indices] = part.beta, part.sigma2_a, part.sigma2_e
+    return Estimate(beta, sigma2_a, sigma2_e)
 
 
 def _try_boundary(
-    data: RotatedData, estimate: Estimate, value: float, gain: float, reml: bool
-) -> tuple[Estimate, float, float]:
-    """Move to sigma2_a = 0 if that is a maximum at least as good as ``estimate``.
+    data: RotatedData, estimate: Estimate, value: Array, gain: Array, reml: bool
+) -> tuple[Estimate, Array, Array]:
+    """Move to sigma2_a = 0 where that is a maximum at least as good as ``estimate``.
 
     Plain EM approaches a boundary maximum only as 1/k, so without this check a fit
     whose answer is sigma2_a = 0 would run to ``maxiter``.
     """
     boundary = boundary_estimate(data, reml)
     at_boundary = criterion(data, boundary, reml)
-    if at_boundary >= value and variance_score(data, boundary, reml)[0] <= 0.0:
-        return boundary, at_boundary, predicted_gain(data, boundary, reml)[0]
-    return estimate, value, gain
+    take = (at_boundary >= value) & (variance_score(data, boundary, reml)[..., 0] <= 0.0)
+    boundary_gain, _ = predicted_gain(data, boundary, reml)
+    return (
+        boundary.where(take, estimate),
+        np.where(take, at_boundary, value),
+        np.where(take, boundary_gain, gain),
+    )

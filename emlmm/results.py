@@ -68,11 +68,11 @@ class EMLMMResults(LikelihoodModelResults):
         self.nobs = model.nobs
         self.df_model = model.df_model
         self.df_resid = model.df_resid
-        self.sigma2_a = estimate.sigma2_a
-        self.sigma2_e = estimate.sigma2_e
+        self.sigma2_a = float(estimate.sigma2_a)
+        self.sigma2_e = float(estimate.sigma2_e)
         self.llf_history = np.asarray(trace.llf_history)
-        self.n_iter = trace.n_iter
-        self.converged = trace.converged
+        self.n_iter = int(trace.n_iter.max())
+        self.converged = bool(trace.converged.all())
         self.reml = reml
         self.method = method
         self._estimate = estimate
@@ -80,7 +80,7 @@ class EMLMMResults(LikelihoodModelResults):
     @cached_property
     def llf(self) -> float:
         """Log-likelihood at the estimates (restricted log-likelihood for REML)."""
-        return _em.criterion(self.model._rotated, self._estimate, self.reml)
+        return float(_em.criterion(self.model._rotated, self._estimate, self.reml))
 
     @cached_property
     def df_modelwc(self) -> int:
@@ -165,7 +165,7 @@ class EMLMMResults(LikelihoodModelResults):
         LikelihoodRatioTest
         """
         data = self.model._rotated
-        restricted = _em.criterion(data, _em.boundary_estimate(data, self.reml), self.reml)
+        restricted = float(_em.criterion(data, _em.boundary_estimate(data, self.reml), self.reml))
         statistic = max(2.0 * (self.llf - restricted), 0.0)
         naive = float(stats.chi2.sf(statistic, 1))
         pvalue = 1.0 if statistic == 0.0 else 0.5 * naive

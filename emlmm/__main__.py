@@ -19,13 +19,14 @@ def run_lab(args: argparse.Namespace) -> int:
 
     data = load_lab()
     print("The QG16 mixed-model lab on emlmm's bundled data")
-    print(f"X (genotypes): {data.genotypes.shape[0]} individuals x "
-          f"{data.genotypes.shape[1]} SNPs")
+    print(f"X (genotypes): {data.genotypes.shape[0]} individuals x {data.genotypes.shape[1]} SNPs")
     print(f"Y (phenotype): {data.phenotype.shape[0]} x 1")
     print(f"A (kinship):   {data.kinship.shape[0]} x {data.kinship.shape[1]}")
     print()
-    print(f"EM fit of the null model y ~ 1 from the lab's start values (sigma2_a = "
-          f"{_em.LAB_START_SIGMA2_A:g}, sigma2_e = {_em.LAB_START_SIGMA2_E:g}, beta = 0):")
+    print(
+        f"EM fit of the null model y ~ 1 from the lab's start values (sigma2_a = "
+        f"{_em.LAB_START_SIGMA2_A:g}, sigma2_e = {_em.LAB_START_SIGMA2_E:g}, beta = 0):"
+    )
     frame = data.phenotype.to_frame()
     mixed = EMLMM.from_formula("y ~ 1", data=frame, kinship=data.kinship).fit(
         start_params="lab", method=args.method, disp=True
@@ -34,9 +35,11 @@ def run_lab(args: argparse.Namespace) -> int:
     print()
     print(_comparison(mixed, ols).to_string(float_format=lambda v: f"{v:.4f}"))
     test = mixed.lr_test_ols()
-    print(f"\nLR test of sigma2_a = 0: statistic = {test.statistic:.4f}, "
-          f"p = {test.pvalue:.4g} (50:50 mixture of chi2(0) and chi2(1); "
-          f"naive chi2(1) p = {test.pvalue_naive:.4g})\n")
+    print(
+        f"\nLR test of sigma2_a = 0: statistic = {test.statistic:.4f}, "
+        f"p = {test.pvalue:.4g} (50:50 mixture of chi2(0) and chi2(1); "
+        f"naive chi2(1) p = {test.pvalue_naive:.4g})\n"
+    )
     print(mixed.summary())
     return 0
 

@@ -1,7 +1,9 @@
 """emlmm: linear mixed models with a kinship matrix, fitted by EM, for statsmodels."""
 
+from emlmm import datasets
+from emlmm.gwas import gwas
 from emlmm.model import EMLMM
 from emlmm.results import EMLMMResults, LikelihoodRatioTest
 
-__all__ = ["EMLMM", "EMLMMResults", "LikelihoodRatioTest"]
+__all__ = ["EMLMM", "EMLMMResults", "LikelihoodRatioTest", "datasets", "gwas"]
 __version__ = "0.1.0.dev0"

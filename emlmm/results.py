@@ -153,6 +153,17 @@ class EMLMMResults(LikelihoodModelResults):
         """Conditional residuals ``y - X beta - a_hat``."""
         return self.model.endog - self.fittedvalues
 
+    def plot_convergence(self, ax: Any = None) -> Any:
+        """Plot the log-likelihood by EM iteration (``llf_history``).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from emlmm.plotting import plot_convergence
+
+        return plot_convergence(self.llf_history, ax=ax)
+
     def lr_test_ols(self) -> LikelihoodRatioTest:
         """Test sigma2_a = 0 against the fit without the kinship effect (OLS).
 

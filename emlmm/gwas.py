@@ -1,0 +1,339 @@
+"""Genome-wide association scans: the lab's per-SNP EM fits and tests, at scale.
+
+The null model is fitted once. Genotypes are then read chunk by chunk, rotated into
+the kinship's eigenbasis with one matrix product per chunk, and every SNP of the
+chunk is fitted at once by batched EM iterations warm-started from the null.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import patsy
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats
+
+from emlmm import _em
+from emlmm.model import EMLMM
+
+__all__ = ["gwas"]
+
+ScanMethod = Literal["exact", "fixed"]
+ProgressCallback = Callable[[int, int], None]
+
+#: Output columns, in order (``chr`` and ``pos`` come first when known).
+COLUMNS = [
+    "af", "n_miss", "beta", "se", "p_wald", "lrt", "p_lrt", "p_score",
+    "llf", "sigma2_a", "sigma2_e", "n_iter", "converged", "note",
+]  # fmt: skip
+
+
+class GenotypeSource(Protocol):
+    """What a scan reads genotypes from (``emlmm.io.PlinkGenotypes`` is one)."""
+
+    @property
+    def sample_ids(self) -> pd.Index: ...
+
+    @property
+    def snps(self) -> pd.DataFrame: ...
+
+    def read(self, start: int = 0, stop: int | None = None) -> NDArray[np.float64]: ...
+
+
+@dataclass(frozen=True)
+class _AlignedGenotypes:
+    """Genotype chunks with rows in the order of the analysed individuals."""
+
+    snps: pd.DataFrame
+    read_columns: Callable[[int, int], NDArray[np.float64]]
+    rows: NDArray[np.intp]
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, NDArray[np.float64]]]:
+        n_snps = len(self.snps)
+        for start in range(0, n_snps, chunk_size):
+            stop = min(start + chunk_size, n_snps)
+            block = np.asarray(self.read_columns(start, stop), dtype=float)[self.rows]
+            yield start, stop, block
+
+
+def gwas(
+    formula: str,
+    data: pd.DataFrame,
+    genotypes: pd.DataFrame | ArrayLike | GenotypeSource,
+    kinship: ArrayLike | pd.DataFrame,
+    method: ScanMethod = "exact",
+    *,
+    chunk_size: int | None = None,
+    maxiter: int = 10_000,
+    tol: float = _em.DEFAULT_TOLERANCE,
+    progress: bool | ProgressCallback = False,
+) -> pd.DataFrame:
+    """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
+
+    Parameters
+    ----------
+    formula : str
+        A formula with a term ``snp`` standing for each genotype column in turn,
+        e.g. ``"y ~ 1 + sex + snp"``; the other terms are covariates.
+    data : pandas.DataFrame
+        Phenotype and covariates, one row per individual. Rows with missing
+        values are left out (with their rows and columns of the kinship).
+    genotypes : DataFrame, ndarray or PlinkGenotypes
+        Individuals x SNPs, coded 0/1/2 (NaN for missing). A DataFrame is aligned
+        to ``data`` by index; an ndarray is taken in ``data``'s row order; PLINK
+        genotypes from :func:`emlmm.read_plink` are matched by sample id.
+    kinship : array_like or DataFrame
+        The kinship, as for :class:`emlmm.EMLMM`.
+    method : {"exact", "fixed"}
+        ``"exact"``: for every SNP the variance components are re-estimated by ML
+        (as the lab does) for the likelihood-ratio test, and by REML for the Wald
+        test, as GEMMA's ``-lmm 4``. ``"fixed"``: the variance components stay at
+        the null model's REML estimates (EMMAX, P3D), which is faster.
+    chunk_size : int, optional
+        SNPs per chunk; memory grows with ``n * chunk_size``. By default chosen
+        from the number of individuals.
+    maxiter, tol : int, float
+        EM limits per SNP, as in :meth:`emlmm.EMLMM.fit`.
+    progress : bool or callable
+        ``True`` draws a progress bar on standard error; a callable is called as
+        ``progress(done, total)`` after each chunk.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by SNP id, with ``chr`` and ``pos`` when known, then ``af``
+        (frequency of the counted allele), ``n_miss`` (missing genotypes, imputed
+        by the SNP's mean), ``beta`` and ``se`` (REML, as GEMMA reports them),
+        ``p_wald`` (F(1, n - p) on the REML Wald statistic), ``lrt`` and
+        ``p_lrt`` (ML likelihood ratio against the null, chi2(1)), ``p_score``
+        (GEMMA's score test at the null ML estimates), ``llf``, ``sigma2_a`` and
+        ``sigma2_e`` (the SNP's ML fit), ``n_iter``, ``converged``, and ``note``
+        saying why a SNP's statistics are NaN (all missing, monomorphic,
+        collinear with the covariates).
+
+    Examples
+    --------
+    >>> from emlmm import gwas
+    >>> from emlmm.datasets import load_lab
+    >>> lab = load_lab()
+    >>> table = gwas("y ~ 1 + snp", lab.phenotype.to_frame(), lab.genotypes.iloc[:, :50],
+    ...              lab.kinship)
+    >>> table.shape
+    (50, 16)
+    >>> bool((table.p_lrt.between(0, 1)).all())
+    True
+    """
+    # eval_env=1: formula names resolve in gwas()'s caller's namespace.
+    null = EMLMM.from_formula(_null_formula(formula), data=data, kinship=kinship, eval_env=1)
+    used_rows = pd.Index(null.data.row_labels)
+    aligned = _align_genotypes(genotypes, data.index, used_rows)
+    scanner = _Scanner(null, method, maxiter, tol)
+    n_snps = len(aligned.snps)
+    chunk_size = chunk_size or max(64, min(4096, 4_000_000 // max(len(used_rows), 1)))
+    report = _progress_bar if progress is True else (progress or None)
+    parts = []
+    for _, stop, block in aligned.chunks(chunk_size):
+        parts.append(scanner.scan(block))
+        if report:
+            report(stop, n_snps)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    table.index = aligned.snps.index
+    known = [column for column in ("chr", "pos") if column in aligned.snps.columns]
+    return pd.concat([aligned.snps[known], table], axis=1)
+
+
+def _null_formula(formula: str) -> str:
+    """The formula without its ``snp`` term, after checking that term is there alone."""
+    description = patsy.ModelDesc.from_formula(formula)
+    involving = [t for t in description.rhs_termlist if "snp" in t.name().split(":")]
+    if not involving:
+        raise ValueError(
+            f"the formula {formula!r} has no 'snp' term; write e.g. 'y ~ 1 + covariate + snp', "
+            "where snp stands for each genotype column in turn"
+        )
+    if any(term.name() != "snp" for term in involving):
+        raise ValueError(
+            "the 'snp' term must appear on its own (interactions with snp are not supported): "
+            f"found {', '.join(term.name() for term in involving)}"
+        )
+    rest = [t for t in description.rhs_termlist if t.name() != "snp"]
+    return patsy.ModelDesc(description.lhs_termlist, rest).describe()
+
+
+def _align_genotypes(
+    genotypes: Any, data_index: pd.Index, used_rows: pd.Index
+) -> _AlignedGenotypes:
+    if isinstance(genotypes, pd.DataFrame):
+        positions = _positions(genotypes.index, used_rows, "genotypes")
+        values = genotypes.to_numpy(dtype=float)
+        snps = pd.DataFrame(index=pd.Index(genotypes.columns.astype(str), name="snp"))
+        return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], positions)
+    if hasattr(genotypes, "read") and hasattr(genotypes, "sample_ids"):
+        positions = _positions(genotypes.sample_ids, used_rows, "PLINK samples")
+        snps = genotypes.snps[[c for c in ("chr", "pos") if c in genotypes.snps.columns]]
+        return _AlignedGenotypes(snps, genotypes.read, positions)
+    values = np.asarray(genotypes, dtype=float)
+    if values.ndim != 2 or values.shape[0] != len(data_index):
+        raise ValueError(
+            f"genotypes must be individuals x SNPs with one row per row of data "
+            f"({len(data_index)}); got shape {values.shape}"
+        )
+    snps = pd.DataFrame(
+        index=pd.Index([f"snp{j + 1}" for j in range(values.shape[1])], name="snp")
+    )
+    return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], data_index.get_indexer(used_rows))
+
+
+def _positions(available: pd.Index, wanted: pd.Index, what: str) -> NDArray[np.intp]:
+    positions = pd.Index(available).get_indexer(wanted)
+    if (positions < 0).any():
+        missing = wanted[positions < 0]
+        raise ValueError(
+            f"{len(missing)} individuals in the data have no row in the {what}: "
+            f"{', '.join(map(repr, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
+        )
+    return positions
+
+
+class _Scanner:
+    """Per-chunk statistics given the null model, fitted once."""
+
+    def __init__(self, null: EMLMM, method: ScanMethod, maxiter: int, tol: float) -> None:
+        if method not in ("exact", "fixed"):
+            raise ValueError(f"method must be 'exact' or 'fixed', not {method!r}")
+        self.method, self.maxiter, self.tol = method, maxiter, tol
+        self.spectrum = null.spectrum
+        self.null_data = null._rotated
+        self.null_ml = null.fit()._results._estimate
+        self.null_reml = null.fit(reml=True)._results._estimate
+        self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
+
+    def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
+        n_miss = np.isnan(block).sum(axis=0)
+        observed = block.shape[0] - n_miss
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.nansum(block, axis=0) / observed
+        table = pd.DataFrame(np.nan, index=range(block.shape[1]), columns=COLUMNS)
+        table["af"], table["n_miss"] = means / 2.0, n_miss
+        table["n_iter"], table["converged"], table["note"] = 0, False, ""
+        imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
+        rotated = self.spectrum.rotate(imputed)
+        notes = self._notes(block, observed, rotated)
+        table["note"] = notes
+        good = np.nonzero(notes == "")[0]
+        if good.size:
+            for column, values in self._statistics(rotated[:, good]).items():
+                table.loc[good, column] = values
+        return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
+
+    def _notes(
+        self, block: NDArray[np.float64], observed: NDArray[np.intp], rotated: NDArray[np.float64]
+    ) -> NDArray[np.str_]:
+        with np.errstate(invalid="ignore"):
+            spread = np.nanmax(block, axis=0, initial=-np.inf) - np.nanmin(
+                block, axis=0, initial=np.inf
+            )
+        covariates = self.null_data.exog
+        resid = rotated - covariates @ (self.null_data.exog_pinv @ rotated)
+        collinear = np.linalg.norm(resid, axis=0) <= 1e-8 * np.maximum(
+            np.linalg.norm(rotated, axis=0), 1e-300
+        )
+        return np.select(
+            [observed == 0, spread == 0, collinear],
+            ["all genotypes missing", "monomorphic", "collinear with the covariates"],
+            "",
+        )
+
+    def _statistics(self, rotated: NDArray[np.float64]) -> dict[str, NDArray[Any]]:
+        null = self.null_data
+        k, (n, p) = rotated.shape[1], (null.nobs, null.k_exog + 1)
+        designs = np.concatenate(
+            [np.broadcast_to(null.exog, (k, n, p - 1)), rotated.T[:, :, None]], axis=2
+        )
+        data = _em.RotatedData.build(null.endog, designs, null.eigenvalues)
+        result = {"p_score": self._score_pvalues(rotated)}
+        if self.method == "fixed":
+            variances = _em.marginal_variances(
+                data, self.null_reml.sigma2_a, self.null_reml.sigma2_e
+            )
+            beta, cov_beta, _ = _em.gls(data, variances)
+            fixed = _em.Estimate(
+                beta, np.full(k, self.null_reml.sigma2_a), np.full(k, self.null_reml.sigma2_e)
+            )
+            llf = _em.log_likelihood(data, fixed)
+            null_fixed = _em.Estimate.of(
+                _em.gls(null, variances)[0], self.null_reml.sigma2_a, self.null_reml.sigma2_e
+            )
+            lrt = 2.0 * (llf - _em.log_likelihood(null, null_fixed))
+            result.update(
+                sigma2_a=fixed.sigma2_a,
+                sigma2_e=fixed.sigma2_e,
+                n_iter=np.zeros(k, int),
+                converged=np.ones(k, bool),
+            )
+        else:
+            ml = self._fit(data, self.null_ml, reml=False)
+            reml = self._fit(data, self.null_reml, reml=True)
+            llf = _em.log_likelihood(data, ml.estimate)
+            lrt = 2.0 * (llf - self.null_llf)
+            variances = _em.marginal_variances(
+                data, reml.estimate.sigma2_a, reml.estimate.sigma2_e
+            )
+            beta, cov_beta, _ = _em.gls(data, variances)
+            result.update(
+                sigma2_a=ml.estimate.sigma2_a,
+                sigma2_e=ml.estimate.sigma2_e,
+                n_iter=ml.n_iter,
+                converged=ml.converged & reml.converged,
+            )
+        lrt = np.maximum(lrt, 0.0)
+        se = np.sqrt(cov_beta[:, -1, -1])
+        wald = (beta[:, -1] / se) ** 2
+        result.update(
+            beta=beta[:, -1],
+            se=se,
+            p_wald=stats.f.sf(wald, 1, n - p),
+            llf=llf,
+            lrt=lrt,
+            p_lrt=stats.chi2.sf(lrt, 1),
+        )
+        return result
+
+    def _fit(self, data: _em.RotatedData, null: _em.Estimate, reml: bool) -> _em.EMTrace:
+        k = data.exog.shape[0]
+        variances = _em.marginal_variances(data, null.sigma2_a, null.sigma2_e)
+        start = _em.Estimate(
+            _em.gls(data, np.broadcast_to(variances, (k, data.nobs)))[0],
+            np.full(k, null.sigma2_a),
+            np.full(k, null.sigma2_e),
+        )
+        return _em.fit_em(
+            data, start, reml=reml, maxiter=self.maxiter, tol=self.tol, accelerate=True
+        )
+
+    def _score_pvalues(self, rotated: NDArray[np.float64]) -> NDArray[np.float64]:
+        """GEMMA's score test (``-lmm 3``) at the null ML variance components."""
+        null = self.null_data
+        variances = _em.marginal_variances(null, self.null_ml.sigma2_a, self.null_ml.sigma2_e)
+        _, cov_beta, resid = _em.gls(null, variances)
+        weighted = rotated / variances[:, None]
+        cross = null.exog.T @ weighted
+        p_xy = weighted.T @ resid
+        p_xx = (rotated * weighted).sum(axis=0) - (cross * (cov_beta @ cross)).sum(axis=0)
+        p_yy = resid @ (resid / variances)
+        statistic = null.nobs * p_xy**2 / (p_yy * p_xx)
+        return stats.f.sf(statistic, 1, null.nobs - null.k_exog - 1)
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} SNPs")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()

@@ -1,4 +1,4 @@
-"""Command line: ``emlmm lab`` (and ``python -m emlmm lab``)."""
+"""Command line: ``emlmm lab | gwas | kinship`` (also ``python -m emlmm ...``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run_lab(args: argparse.Namespace) -> int:
     )
     ols = smf.ols("y ~ 1", data=frame).fit()
     print()
-    print(_comparison(mixed, ols).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(_comparison(mixed, ols).to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))
     test = mixed.lr_test_ols()
     print(
         f"\nLR test of sigma2_a = 0: statistic = {test.statistic:.4f}, "
@@ -51,9 +51,74 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
         "sigma2_a": (mixed.sigma2_a, np.nan),
         "sigma2_e": (mixed.sigma2_e, ols.ssr / ols.nobs),
         "log-likelihood": (mixed.llf, ols.llf),
-        "iterations": (mixed.n_iter, np.nan),
     }
     return pd.DataFrame(rows, index=["mixed model (EM)", "OLS"]).T
+
+
+def run_gwas(args: argparse.Namespace) -> int:
+    """A scan from PLINK files, written as a tab-separated table."""
+    from emlmm.gwas import gwas
+    from emlmm.io import read_plink
+
+    with read_plink(args.bfile) as plink:
+        data = plink.phenotype(args.pheno_col).rename("y").to_frame()
+        terms = ["1"]
+        if args.covar is not None:
+            covariates = _read_matrix(args.covar, len(data), "covariate file")
+            names = [f"covar{j + 1}" for j in range(covariates.shape[1])]
+            data[names] = covariates
+            # GEMMA's -c convention: the file holds the whole design, intercept included.
+            terms = ["0", *names]
+            if not np.any(np.ptp(covariates, axis=0) == 0):
+                print(
+                    "note: the covariate file has no constant column, so the model has no "
+                    "intercept (as in GEMMA, include a column of 1s for one)",
+                    file=sys.stderr,
+                )
+        if args.kinship is not None:
+            kinship = _read_matrix(args.kinship, len(data), "kinship file")
+        else:
+            from emlmm.kinship import kinship as relatedness
+
+            print("computing the centered kinship from the genotypes", file=sys.stderr)
+            kinship = relatedness(plink, method="centered").to_numpy()
+        table = gwas(
+            f"y ~ {' + '.join(terms)} + snp",
+            data,
+            plink,
+            kinship,
+            method=args.method,
+            progress=not args.quiet,
+        )
+    table.to_csv(args.out, sep="\t", index_label="snp", float_format="%.6g")
+    print(f"wrote {len(table)} SNPs to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_kinship(args: argparse.Namespace) -> int:
+    """A relatedness matrix from PLINK files, written as a text matrix."""
+    from emlmm.io import read_plink
+    from emlmm.kinship import kinship
+
+    with read_plink(args.bfile) as plink:
+        matrix = kinship(plink, method=args.method)
+    np.savetxt(args.out, matrix.to_numpy(), fmt="%.10g", delimiter="\t")
+    print(f"wrote a {matrix.shape[0]} x {matrix.shape[1]} kinship to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _read_matrix(path: str, n_rows: int, what: str) -> np.ndarray:
+    """A whitespace-separated numeric matrix with one row per individual, in .fam order."""
+    try:
+        matrix = np.loadtxt(path, ndmin=2)
+    except ValueError as exc:
+        raise SystemExit(f"emlmm: cannot read the {what} {path}: {exc}") from exc
+    if matrix.shape[0] != n_rows:
+        raise SystemExit(
+            f"emlmm: the {what} {path} has {matrix.shape[0]} rows but the .fam file has "
+            f"{n_rows} individuals"
+        )
+    return matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +137,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="'em' runs to the maximum; 'lab' stops by the lab's own rule (default: em)",
     )
     lab.set_defaults(run=run_lab)
+
+    scan = commands.add_parser("gwas", help="scan the SNPs of PLINK files for association")
+    scan.add_argument("--bfile", required=True, help="PLINK prefix (.bed/.bim/.fam)")
+    scan.add_argument(
+        "--pheno-col",
+        type=int,
+        default=1,
+        help="phenotype column, 1 = the .fam's 6th (GEMMA's -n)",
+    )
+    scan.add_argument(
+        "--covar",
+        help="covariates: whitespace text, one row per .fam individual, the whole design "
+        "(include a column of 1s for an intercept, as GEMMA's -c)",
+    )
+    scan.add_argument(
+        "--kinship", help="n x n text matrix in .fam order (default: centered, from the genotypes)"
+    )
+    scan.add_argument("--out", required=True, help="output table (tab-separated)")
+    scan.add_argument("--method", choices=["exact", "fixed"], default="exact")
+    scan.add_argument("--quiet", action="store_true", help="no progress bar")
+    scan.set_defaults(run=run_gwas)
+
+    relate = commands.add_parser("kinship", help="compute a kinship matrix from PLINK files")
+    relate.add_argument("--bfile", required=True, help="PLINK prefix (.bed/.bim/.fam)")
+    relate.add_argument("--out", required=True, help="output text matrix")
+    relate.add_argument(
+        "--method",
+        choices=["centered", "standardized"],
+        default="centered",
+        help="GEMMA's -gk 1 (centered) or -gk 2 (standardized)",
+    )
+    relate.set_defaults(run=run_kinship)
     return parser
 
 

@@ -124,7 +124,7 @@ def gwas(
     >>> table = gwas("y ~ 1 + snp", lab.phenotype.to_frame(), lab.genotypes.iloc[:, :50],
     ...              lab.kinship)
     >>> table.shape
-    (50, 16)
+    (50, 14)
     >>> bool((table.p_lrt.between(0, 1)).all())
     True
     """

@@ -2,8 +2,19 @@
 
 from emlmm import datasets
 from emlmm.gwas import gwas
+from emlmm.io import read_lab, read_plink
+from emlmm.kinship import kinship
 from emlmm.model import EMLMM
 from emlmm.results import EMLMMResults, LikelihoodRatioTest
 
-__all__ = ["EMLMM", "EMLMMResults", "LikelihoodRatioTest", "datasets", "gwas"]
+__all__ = [
+    "EMLMM",
+    "EMLMMResults",
+    "LikelihoodRatioTest",
+    "datasets",
+    "gwas",
+    "kinship",
+    "read_lab",
+    "read_plink",
+]
 __version__ = "0.1.0.dev0"

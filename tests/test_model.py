@@ -196,7 +196,7 @@ def test_stopping_rule_is_not_fooled_by_a_slow_crawl():
     kinship = dense.random_genotype_kinship(rng, n, 500)
     X = np.ones((n, 1))
     a = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
-    y = 0.5 * a + rng.normal(size=n)
+    y = 0.9 * a + rng.normal(size=n)
     oracle = dense.maximise(y, X, kinship, start=(0.5, 1.0))
     crawled = EMLMM(y, X, kinship).fit(start_params=[0.0, 5.0, 0.5])
     lab_rule = EMLMM(y, X, kinship).fit(start_params=[0.0, 5.0, 0.5], method="lab")

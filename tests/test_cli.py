@@ -1,0 +1,82 @@
+"""The command line, end to end, on the bundled data and on PLINK files made here."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dense
+from emlmm import gwas, kinship
+from emlmm.__main__ import main
+from emlmm.io import read_plink
+from plink_fixtures import write_plink
+
+
+@pytest.fixture(scope="module")
+def plink_study(tmp_path_factory):
+    rng = np.random.default_rng(4)
+    n, m = 90, 40
+    freqs = rng.uniform(0.15, 0.5, size=m)
+    genotypes = rng.binomial(2, freqs, size=(n, m)).astype(float)
+    genotypes[rng.random((n, m)) < 0.01] = np.nan
+    related = dense.random_genotype_kinship(rng, n, 200)
+    polygenic = np.linalg.cholesky(related + 1e-9 * np.eye(n)) @ rng.normal(size=n)
+    age = rng.uniform(20, 60, size=n)
+    y = 2 + 0.03 * age + 0.9 * np.nan_to_num(genotypes[:, 6], nan=1.0) + polygenic \
+        + rng.normal(size=n)
+    y[5] = -9  # missing phenotype
+    folder = tmp_path_factory.mktemp("plink")
+    prefix = folder / "study"
+    write_plink(prefix, genotypes, phenotypes=y, chromosomes=[1] * 20 + [2] * 20)
+    np.savetxt(folder / "covar.txt", np.column_stack([np.ones(n), age]))
+    return prefix, folder
+
+
+def test_lab_command_prints_iterations_comparison_and_summary(capsys):
+    assert main(["lab"]) == 0
+    out = capsys.readouterr().out
+    assert "X (genotypes): 300 individuals x 1000 SNPs" in out
+    assert "iteration = 1, loglikelihood = " in out
+    assert "mixed model (EM)" in out and "OLS" in out
+    assert "LR test of sigma2_a = 0" in out
+    assert "Linear Mixed Model with Kinship Results" in out
+
+
+def test_gwas_command_matches_the_python_api(plink_study, capsys):
+    prefix, folder = plink_study
+    out = folder / "scan.tsv"
+    assert main(["gwas", "--bfile", str(prefix), "--out", str(out), "--quiet",
+                 "--covar", str(folder / "covar.txt")]) == 0
+    table = pd.read_csv(out, sep="\t", index_col="snp")
+    with read_plink(prefix) as plink:
+        data = plink.phenotype(1).rename("y").to_frame()
+        data["age"] = np.loadtxt(folder / "covar.txt")[:, 1]
+        expected = gwas("y ~ 1 + age + snp", data, plink, kinship(plink).to_numpy())
+    assert list(table.index) == list(expected.index)
+    assert table.p_lrt.idxmin() == "rs7"
+    np.testing.assert_allclose(table.p_lrt, expected.p_lrt, rtol=1e-5)
+    np.testing.assert_allclose(table.beta, expected.beta, rtol=1e-5)
+    assert (table.chr.iloc[:20] == 1).all() and (table.chr.iloc[20:] == 2).all()
+
+
+def test_kinship_command_then_gwas_with_that_kinship(plink_study, capsys):
+    prefix, folder = plink_study
+    matrix_file = folder / "K.txt"
+    assert main(["kinship", "--bfile", str(prefix), "--out", str(matrix_file),
+                 "--method", "standardized"]) == 0
+    written = np.loadtxt(matrix_file)
+    with read_plink(prefix) as plink:
+        np.testing.assert_allclose(written, kinship(plink, method="standardized"), rtol=1e-9)
+    out = folder / "fixed.tsv"
+    assert main(["gwas", "--bfile", str(prefix), "--kinship", str(matrix_file),
+                 "--out", str(out), "--method", "fixed"]) == 0
+    table = pd.read_csv(out, sep="\t", index_col="snp")
+    assert len(table) == 40 and table.p_wald.notna().all()
+    assert "40/40 SNPs" in capsys.readouterr().err  # the progress bar
+
+
+def test_gwas_command_reports_a_kinship_of_the_wrong_size(plink_study, tmp_path):
+    prefix, _ = plink_study
+    np.savetxt(tmp_path / "K.txt", np.eye(10))
+    with pytest.raises(SystemExit, match="has 10 rows but the .fam file has 90 individuals"):
+        main(["gwas", "--bfile", str(prefix), "--kinship", str(tmp_path / "K.txt"),
+              "--out", str(tmp_path / "x.tsv")])

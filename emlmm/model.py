@@ -151,12 +151,13 @@ class EMLMM(LikelihoodModel):
         if subset is not None:
             data = data.loc[subset]
         kinship = align_kinship(kinship, data.index)
-        # statsmodels counts frames from its own from_formula; ours adds one.
+        # As in statsmodels, eval_env=0 (the default) is the caller's namespace; our
+        # frame and statsmodels' own offset sit in between.
         eval_env = kwargs.pop("eval_env", None)
         if eval_env is None:
-            eval_env = 1
+            eval_env = 0
         kwargs["eval_env"] = (
-            eval_env + 1 if isinstance(eval_env, int) and eval_env >= 0 else eval_env
+            eval_env + 2 if isinstance(eval_env, int) and eval_env >= 0 else eval_env
         )
         return super().from_formula(
             formula, data, None, drop_cols, *args, kinship=kinship, **kwargs

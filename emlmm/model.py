@@ -17,7 +17,7 @@ from emlmm._spectral import KinshipSpectrum
 
 __all__ = ["EMLMM"]
 
-FitMethod = Literal["em", "lab"]
+FitMethod = Literal["em", "accelerated", "lab"]
 
 
 class EMLMM(LikelihoodModel):
@@ -233,14 +233,17 @@ class EMLMM(LikelihoodModel):
             ``None`` (default) starts from the best heritability on a grid;
             ``"lab"`` from the lab's values (sigma2_a = 70, sigma2_e = 10,
             beta = 0); an array gives fixed effects, sigma2_a and sigma2_e.
-        method : {"em", "lab"}
+        method : {"em", "accelerated", "lab"}
             ``"em"``: EM in the lab's order of updates, stopping when the gain a
             Fisher-scoring step predicts is below ``tol`` (default 1e-12), which
             EM's slow crawl near sigma2_a = 0 cannot fool; a maximum on the
-            boundary sigma2_a = 0 is detected and taken. ``"lab"``: the lab's
-            algorithm verbatim, including its stopping rule (an iteration gains
-            less than ``tol``, default 1e-5) and its ``ginv`` treatment of a
-            singular kinship, which does not maximise the likelihood.
+            boundary sigma2_a = 0 is detected and taken. ``"accelerated"``: the
+            same, with each EM step followed by that Fisher-scoring step wherever
+            it raises the likelihood further: the same maximum in a handful of
+            iterations where EM needs hundreds or thousands. ``"lab"``: the
+            lab's algorithm verbatim, including its stopping rule (an iteration
+            gains less than ``tol``, default 1e-5) and its ``ginv`` treatment of
+            a singular kinship, which does not maximise the likelihood.
         maxiter : int
             Maximum number of EM iterations; reaching it raises a
             :class:`~statsmodels.tools.sm_exceptions.ConvergenceWarning`.
@@ -263,8 +266,8 @@ class EMLMM(LikelihoodModel):
 
         if kwargs:
             raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
-        if method not in ("em", "lab"):
-            raise ValueError(f"method must be 'em' or 'lab', not {method!r}")
+        if method not in ("em", "accelerated", "lab"):
+            raise ValueError(f"method must be 'em', 'accelerated' or 'lab', not {method!r}")
         lab = method == "lab"
         if lab and reml:
             raise ValueError("the lab's algorithm is maximum likelihood; use method='em' for REML")
@@ -286,6 +289,7 @@ class EMLMM(LikelihoodModel):
             lab=lab,
             maxiter=maxiter,
             tol=tol,
+            accelerate=method == "accelerated",
             callback=_print_iteration if disp else None,
         )
         if not trace.converged.all():

@@ -243,9 +243,8 @@ class EMLMMResults(LikelihoodModelResults):
         -------
         statsmodels.iolib.summary.Summary
         """
-        method = ("REML" if self.reml else "ML") + (
-            " (lab EM)" if self.method == "lab" else " (EM)"
-        )
+        algorithm = {"lab": "lab EM", "accelerated": "EM+FS"}.get(self.method, "EM")
+        method = f"{'REML' if self.reml else 'ML'} ({algorithm})"
         top_left = [
             ("Dep. Variable:", None),
             ("Model:", ["EMLMM"]),

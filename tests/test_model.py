@@ -39,8 +39,9 @@ def test_em_optimum_is_the_dense_maximum(genomic, reml):
     ours = EMLMM(y, X, kinship).fit(reml=reml)
     oracle = dense.maximise(y, X, kinship, reml=reml)
     np.testing.assert_allclose(ours.llf, oracle.llf, rtol=1e-10)
-    np.testing.assert_allclose([ours.sigma2_a, ours.sigma2_e],
-                               [oracle.sigma2_a, oracle.sigma2_e], rtol=1e-5)
+    np.testing.assert_allclose(
+        [ours.sigma2_a, ours.sigma2_e], [oracle.sigma2_a, oracle.sigma2_e], rtol=1e-5
+    )
     np.testing.assert_allclose(ours.params, oracle.beta, rtol=1e-6)
     np.testing.assert_allclose(ours.cov_params(), oracle.cov_beta, rtol=1e-5)
 
@@ -57,8 +58,9 @@ def test_loglike_and_information_match_dense_formulas(genomic, reml):
     assert model.loglike(np.r_[beta, s2a, s2e], reml=reml) == pytest.approx(expected, rel=1e-12)
     result = model.fit(reml=reml)
     information = dense.expected_information(X, kinship, result.sigma2_a, result.sigma2_e, reml)
-    np.testing.assert_allclose(result.cov_variance_components, np.linalg.inv(information),
-                               rtol=1e-8)
+    np.testing.assert_allclose(
+        result.cov_variance_components, np.linalg.inv(information), rtol=1e-8
+    )
     assert result.bse_sigma2_a == pytest.approx(np.sqrt(np.linalg.inv(information)[0, 0]))
 
 
@@ -133,13 +135,15 @@ def test_compare_lr_test_refuses_what_it_cannot_compare(grouped):
     df, kinship = grouped
     full = EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit()
     with pytest.raises(ValueError, match="not nested"):
-        full.compare_lr_test(EMLMM.from_formula("y ~ 1 + np.exp(x)", data=df,
-                                                kinship=kinship).fit())
+        full.compare_lr_test(
+            EMLMM.from_formula("y ~ 1 + np.exp(x)", data=df, kinship=kinship).fit()
+        )
     with pytest.raises(ValueError, match="larger model"):
         EMLMM.from_formula("y ~ 1", data=df, kinship=kinship).fit().compare_lr_test(full)
     with pytest.raises(ValueError, match="REML"):
         EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit(reml=True).compare_lr_test(
-            EMLMM.from_formula("y ~ 1", data=df, kinship=kinship).fit(reml=True))
+            EMLMM.from_formula("y ~ 1", data=df, kinship=kinship).fit(reml=True)
+        )
     other = df.assign(y=df.y[::-1].to_numpy())
     with pytest.raises(ValueError, match="different responses"):
         full.compare_lr_test(EMLMM.from_formula("y ~ 1", data=other, kinship=kinship).fit())
@@ -161,14 +165,24 @@ def test_t_test_and_wald_test_use_labelled_params(grouped):
     cov = result.cov_params().loc[["x", "sex[T.M]"], ["x", "sex[T.M]"]].to_numpy()
     assert wald.statistic == pytest.approx(b @ np.linalg.solve(cov, b))
     assert result.conf_int().loc["x", 0] == pytest.approx(
-        result.params["x"] - stats.norm.ppf(0.975) * result.bse["x"])
+        result.params["x"] - stats.norm.ppf(0.975) * result.bse["x"]
+    )
 
 
 def test_summary_shows_fixed_effects_and_variance_components(grouped):
     df, kinship = grouped
     text = str(EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit().summary())
-    for expected in ("EMLMM", "ML (EM)", "sex[T.M]", "sigma2_a", "sigma2_e", "h2",
-                     "Log-Likelihood", "Iterations", "Converged"):
+    for expected in (
+        "EMLMM",
+        "ML (EM)",
+        "sex[T.M]",
+        "sigma2_a",
+        "sigma2_e",
+        "h2",
+        "Log-Likelihood",
+        "Iterations",
+        "Converged",
+    ):
         assert expected in text
 
 
@@ -206,19 +220,42 @@ def test_stopping_rule_is_not_fooled_by_a_slow_crawl():
     assert oracle.llf - lab_rule.llf > 1e-4
 
 
+@pytest.mark.parametrize("reml", [False, True])
+def test_accelerated_em_reaches_the_same_maximum_where_plain_em_crawls(reml):
+    rng = np.random.default_rng(8)
+    n = 150
+    kinship = dense.random_genotype_kinship(rng, n, 500)
+    X = np.ones((n, 1))
+    a = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
+    y = 0.7 * a + rng.normal(size=n)  # small but interior sigma2_a: plain EM crawls
+    with pytest.warns(ConvergenceWarning):
+        plain = EMLMM(y, X, kinship).fit(reml=reml, maxiter=2000)
+    fast = EMLMM(y, X, kinship).fit(reml=reml, method="accelerated")
+    oracle = dense.maximise(y, X, kinship, reml=reml, start=(0.1, 1.0))
+    assert fast.converged and fast.n_iter < 50
+    assert fast.llf == pytest.approx(oracle.llf, abs=1e-9)
+    assert fast.sigma2_a == pytest.approx(oracle.sigma2_a, rel=1e-4)
+    assert np.all(np.diff(fast.llf_history) >= -1e-12)
+    assert plain.llf < fast.llf
+
+
 def test_singular_kinship_em_is_maximum_likelihood():
     rng = np.random.default_rng(21)
     n, m = 60, 20
     kinship = dense.random_genotype_kinship(rng, n, m)  # rank 20 < 60
     X = sm.add_constant(rng.normal(size=n))
-    y = X @ [2.0, 1.0] + 1.5 * np.linalg.svd(kinship)[0][:, :m] @ rng.normal(size=m) \
+    y = (
+        X @ [2.0, 1.0]
+        + 1.5 * np.linalg.svd(kinship)[0][:, :m] @ rng.normal(size=m)
         + rng.normal(size=n)
+    )
     result = EMLMM(y, X, kinship).fit()
     oracle = dense.maximise(y, X, kinship)
     assert result.model.spectrum.rank == m
     np.testing.assert_allclose(result.llf, oracle.llf, rtol=1e-10)
-    np.testing.assert_allclose([result.sigma2_a, result.sigma2_e],
-                               [oracle.sigma2_a, oracle.sigma2_e], rtol=1e-5)
+    np.testing.assert_allclose(
+        [result.sigma2_a, result.sigma2_e], [oracle.sigma2_a, oracle.sigma2_e], rtol=1e-5
+    )
     with pytest.warns(ModelWarning, match="singular"):
         EMLMM(y, X, kinship).fit(method="lab")
 
@@ -237,6 +274,7 @@ def test_fit_rejects_bad_options(genomic):
     model = EMLMM(y, X, kinship)
     with pytest.raises(ValueError, match="method must be"):
         model.fit(method="newton")
+    assert "ML (EM+FS)" in str(model.fit(method="accelerated").summary())
     with pytest.raises(ValueError, match="REML"):
         model.fit(method="lab", reml=True)
     with pytest.raises(ValueError, match="start_params"):

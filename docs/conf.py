@@ -1,0 +1,53 @@
+"""Sphinx configuration for emlmm's documentation (built offline, strictly)."""
+
+from pathlib import Path
+
+import emlmm
+
+project = "emlmm"
+author = "the emlmm developers"
+copyright = "2026, the emlmm developers"
+release = emlmm.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "myst_nb",
+]
+
+exclude_patterns = ["_build", "jupyter_execute", "**/.ipynb_checkpoints", "inventories"]
+
+# API reference: the numpydoc docstrings say everything; type hints in signatures
+# would only repeat them with private module paths.
+autosummary_generate = True
+autodoc_typehints = "none"
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+
+# Tutorials are MyST notebooks without stored outputs, executed at every build.
+nb_execution_mode = "force"
+nb_execution_raise_on_error = True
+nb_execution_timeout = 600
+nb_merge_streams = True
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+
+# Offline: each project's inventory is a committed file (inventories/make_inventories.py).
+_inventories = Path(__file__).parent / "inventories"
+intersphinx_mapping = {
+    name: (url, str(_inventories / f"{name}.inv"))
+    for name, url in {
+        "python": "https://docs.python.org/3/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "scipy": "https://docs.scipy.org/doc/scipy/",
+        "pandas": "https://pandas.pydata.org/docs/",
+        "statsmodels": "https://www.statsmodels.org/stable/",
+        "matplotlib": "https://matplotlib.org/stable/",
+    }.items()
+}
+
+html_theme = "pydata_sphinx_theme"
+html_title = "emlmm"
+html_theme_options = {"navigation_with_keys": False}

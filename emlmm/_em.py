@@ -110,14 +110,15 @@ class Estimate:
 class EMTrace:
     """What an EM run produced: the final estimate and how it got there.
 
-    ``n_iter`` and ``converged`` are per model in a batch; ``llf_history`` is
-    recorded for a single model only.
+    ``n_iter`` and ``converged`` are per model in a batch; ``llf_history`` and
+    ``variance_history`` (sigma2_a, sigma2_e) are recorded for a single model only.
     """
 
     estimate: Estimate
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
     llf_history: list[float] = field(default_factory=list)
+    variance_history: list[tuple[float, float]] = field(default_factory=list)
 
 
 def marginal_variances(data: RotatedData, sigma2_a: Array, sigma2_e: Array) -> Array:
@@ -374,11 +375,13 @@ def fit_em(
     n_iter = np.zeros(n_models, dtype=np.intp)
     converged = np.zeros(n_models, dtype=bool)
     history: list[float] = []
+    variance_history: list[tuple[float, float]] = []
     active = np.arange(n_models)
     current, sub = start, data
     values = criterion(data, start, reml)
     if single:
         history.append(float(values[0]))
+        variance_history.append((float(start.sigma2_a[0]), float(start.sigma2_e[0])))
     for iteration in range(1, maxiter + 1):
         if reml:
             current = reml_em_step(sub, current)
@@ -399,6 +402,7 @@ def fit_em(
         values = new_values
         if single:
             history.append(float(values[0]))
+            variance_history.append((float(current.sigma2_a[0]), float(current.sigma2_e[0])))
             if callback is not None:
                 callback(iteration, float(values[0]))
         n_iter[active] = iteration
@@ -411,7 +415,7 @@ def fit_em(
         sub = data.take(active)
     if single:
         final = Estimate(final.beta[0], final.sigma2_a[0], final.sigma2_e[0])
-    return EMTrace(estimate=final, n_iter=n_iter, converged=converged, llf_history=history)
+    return EMTrace(final, n_iter, converged, history, variance_history)
 
 
 def _scatter(full: Estimate, indices: NDArray[np.intp], part: Estimate) -> Estimate:

@@ -53,6 +53,41 @@ class EMLMMResults(LikelihoodModelResults):
     ``(X' V^-1 X)^-1`` at the estimated variances. The variance components
     are ``sigma2_a`` and ``sigma2_e``, with standard errors from the inverse
     expected information.
+
+    Attributes
+    ----------
+    sigma2_a, sigma2_e : float
+        Estimated kinship and residual variances.
+    llf_history : ndarray
+        The (restricted) log-likelihood at the start values (entry 0) and after
+        each iteration.
+    variance_history : ndarray of shape (n_iter + 1, 2)
+        (sigma2_a, sigma2_e) at the start values and after each iteration.
+    n_iter : int
+        Number of EM iterations.
+    converged : bool
+        Whether the stopping rule was met before ``maxiter``.
+    reml : bool
+        Whether this is a REML fit.
+    method : str
+        The fitting method (``"em"``, ``"accelerated"`` or ``"lab"``).
+
+    Examples
+    --------
+    >>> from emlmm import EMLMM
+    >>> from emlmm.datasets import load_lab
+    >>> lab = load_lab()
+    >>> data = lab.genotypes[["snp0021"]].assign(y=lab.phenotype)
+    >>> result = EMLMM.from_formula("y ~ 1 + snp0021", data=data, kinship=lab.kinship).fit()
+    >>> print(result.params.round(3))
+    Intercept    11.551
+    snp0021      -2.902
+    dtype: float64
+    >>> print(f"h2 = {result.h2:.3f} (se {result.bse_h2:.3f})")
+    h2 = 0.471 (se 0.111)
+    >>> test = result.lr_test_ols()
+    >>> print(f"LR = {test.statistic:.2f}, p = {test.pvalue:.2g}")
+    LR = 27.78, p = 6.8e-08
     """
 
     model: EMLMM
@@ -71,6 +106,7 @@ class EMLMMResults(LikelihoodModelResults):
         self.sigma2_a = float(estimate.sigma2_a)
         self.sigma2_e = float(estimate.sigma2_e)
         self.llf_history = np.asarray(trace.llf_history)
+        self.variance_history = np.asarray(trace.variance_history).reshape(-1, 2)
         self.n_iter = int(trace.n_iter.max())
         self.converged = bool(trace.converged.all())
         self.reml = reml

@@ -18,11 +18,18 @@ extensions = [
     "myst_nb",
 ]
 
-exclude_patterns = ["_build", "jupyter_execute", "**/.ipynb_checkpoints", "inventories"]
+exclude_patterns = [
+    "_build",
+    "_templates",
+    "jupyter_execute",
+    "**/.ipynb_checkpoints",
+    "inventories",
+]
 
 # API reference: the numpydoc docstrings say everything; type hints in signatures
 # would only repeat them with private module paths.
 autosummary_generate = True
+templates_path = ["_templates"]
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

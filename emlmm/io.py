@@ -3,7 +3,7 @@
 Two formats are supported:
 
 * PLINK binary filesets (``.bed``/``.bim``/``.fam``), read lazily through
-  `bed-reader <https://fastlmm.github.io/bed-reader/>`_ by :func:`read_plink`;
+  `bed-reader <https://fastlmm.github.io/bed-reader/>`_ by :func:`emlmm.read_plink`;
 * the lab's three headerless whitespace-separated text matrices (genotypes,
   phenotype, kinship), read by :func:`read_lab`.
 
@@ -49,7 +49,7 @@ class PlinkGenotypes:
     Opening reads the ``.fam`` and ``.bim`` metadata and checks the size of
     the ``.bed`` file; genotypes are read only by :meth:`read` and
     :meth:`iter_chunks`, so a fileset larger than memory can be scanned in
-    chunks of SNPs. Usually created by :func:`read_plink`.
+    chunks of SNPs. Usually created by :func:`emlmm.read_plink`.
 
     Parameters
     ----------
@@ -348,7 +348,7 @@ def read_plink(prefix: str | os.PathLike[str]) -> PlinkGenotypes:
 
     See Also
     --------
-    emlmm.kinship.kinship : Relatedness matrix from a fileset, chunk by chunk.
+    emlmm.kinship : Relatedness matrix from a fileset, chunk by chunk.
 
     Examples
     --------

@@ -192,7 +192,7 @@ def kinship(
     ----------
     genotypes : pandas.DataFrame, numpy.ndarray or PlinkGenotypes
         Individuals x SNPs, allele counts or dosages in [0, 2], NaN for
-        missing; or a fileset opened by :func:`emlmm.io.read_plink`.
+        missing; or a fileset opened by :func:`emlmm.read_plink`.
     method : {"centered", "standardized"}
         GEMMA's ``-gk 1`` or ``-gk 2``.
     chunk_size : int
@@ -224,7 +224,7 @@ def kinship(
 
     See Also
     --------
-    emlmm.io.read_plink : Open a PLINK fileset to pass here.
+    emlmm.read_plink : Open a PLINK fileset to pass here.
 
     Notes
     -----

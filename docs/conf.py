@@ -1,8 +1,13 @@
 """Sphinx configuration for emlmm's documentation (built offline, strictly)."""
 
+import os
 from pathlib import Path
 
 import emlmm
+
+# Tutorials check their numbers against the reference values the tests use; the
+# notebook kernels inherit this variable, wherever emlmm is installed.
+os.environ["EMLMM_REFERENCE_RESULTS"] = str(Path(__file__).parent.parent / "tests" / "results")
 
 project = "emlmm"
 author = "the emlmm developers"

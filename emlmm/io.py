@@ -79,6 +79,24 @@ class PlinkGenotypes:
         If the ``.fam`` or ``.bim`` cannot be parsed, IIDs repeat, the
         ``.bed`` is not a SNP-major PLINK file, or its size does not match
         the number of samples and SNPs in the ``.fam`` and ``.bim``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from bed_reader import to_bed
+    >>> from emlmm.io import PlinkGenotypes
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     to_bed(f"{tmp}/toy.bed", np.array([[0.0, 2.0], [1.0, 1.0], [2.0, 0.0]]),
+    ...            properties={"sid": ["rs1", "rs2"], "chromosome": ["1", "2"]})
+    ...     with PlinkGenotypes(Path(tmp) / "toy") as plink:
+    ...         print(plink.n_samples, plink.n_snps, list(plink.snps.chr))
+    ...         for start, stop, block in plink.iter_chunks(1):
+    ...             print(start, stop, block[:, 0].tolist())
+    3 2 ['1', '2']
+    0 1 [0.0, 1.0, 2.0]
+    1 2 [2.0, 1.0, 0.0]
     """
 
     bed_path: Path
@@ -395,6 +413,15 @@ class LabMatrices:
         The phenotype, named ``"y"``, with the same index.
     kinship : pandas.DataFrame
         ``n x n`` kinship labelled by sample on both axes.
+
+    Examples
+    --------
+    >>> from emlmm.datasets import lab_files
+    >>> from emlmm.io import read_lab
+    >>> paths = lab_files()
+    >>> matrices = read_lab(paths["X"], paths["Y"], paths["A"])
+    >>> type(matrices).__name__, matrices.kinship.shape
+    ('LabMatrices', (300, 300))
     """
 
     genotypes: pd.DataFrame

@@ -37,6 +37,19 @@ class LikelihoodRatioTest:
         the parameter is on the boundary of its space (Self and Liang, 1987).
     pvalue_naive : float
         From chi2(1), which ignores the boundary and is twice as large.
+
+    Examples
+    --------
+    >>> from emlmm import EMLMM
+    >>> from emlmm.datasets import load_lab
+    >>> lab = load_lab()
+    >>> result = EMLMM.from_formula("y ~ 1", data=lab.phenotype.to_frame(),
+    ...                             kinship=lab.kinship).fit()
+    >>> test = result.lr_test_ols()
+    >>> print(f"LR = {test.statistic:.2f} on {test.df} df, p = {test.pvalue:.2e}")
+    LR = 27.23 on 1 df, p = 9.03e-08
+    >>> test.pvalue_naive == 2 * test.pvalue
+    True
     """
 
     statistic: float
@@ -235,6 +248,18 @@ class EMLMMResults(LikelihoodModelResults):
             From chi2 with ``df_diff`` degrees of freedom.
         df_diff : int
             Number of fixed effects this fit has in addition.
+
+        Examples
+        --------
+        >>> from emlmm import EMLMM
+        >>> from emlmm.datasets import load_lab
+        >>> lab = load_lab()
+        >>> data = lab.genotypes[["snp0021"]].assign(y=lab.phenotype)
+        >>> full = EMLMM.from_formula("y ~ 1 + snp0021", data=data, kinship=lab.kinship).fit()
+        >>> null = EMLMM.from_formula("y ~ 1", data=data, kinship=lab.kinship).fit()
+        >>> lr_stat, p_value, df_diff = full.compare_lr_test(null)
+        >>> print(f"LR = {lr_stat:.3f}, p = {p_value:.2e}, df = {df_diff}")
+        LR = 13.738, p = 2.10e-04, df = 1
         """
         other = getattr(restricted, "_results", restricted)
         if not isinstance(other, EMLMMResults):

@@ -42,6 +42,13 @@ class LabData:
         SNP annotation indexed by SNP id: ``chr`` (1-5), ``pos`` (base
         pairs, increasing within a chromosome) and ``causal`` (1 for the
         four SNPs with simulated effects, else 0).
+
+    Examples
+    --------
+    >>> from emlmm.datasets import load_lab
+    >>> lab = load_lab()
+    >>> lab.snps.loc[lab.snps.causal == 1].index.tolist()
+    ['snp0021', 'snp0358', 'snp0492', 'snp0810']
     """
 
     genotypes: pd.DataFrame

@@ -203,3 +203,25 @@ def test_formula_must_have_a_snp_term_alone(study):
         gwas("y ~ 1 + age * snp", data, genotypes, kinship)
     with pytest.raises(ValueError, match="method must be"):
         gwas("y ~ 1 + snp", data, genotypes, kinship, method="score")
+
+
+def test_plink_genotypes_equal_the_lab_text_genotypes_and_scan_alike(tmp_path):
+    from emlmm import read_lab, read_plink
+    from emlmm.datasets import lab_files, load_lab
+    from plink_fixtures import write_plink
+
+    paths = lab_files()
+    text = read_lab(paths["X"], paths["Y"], paths["A"])
+    lab = load_lab()
+    write_plink(tmp_path / "lab", text.genotypes.to_numpy(), sample_ids=list(lab.genotypes.index),
+                snp_ids=list(lab.genotypes.columns), chromosomes=list(lab.snps.chr),
+                positions=list(lab.snps.pos), phenotypes=list(text.phenotype))
+    with read_plink(tmp_path / "lab") as plink:
+        np.testing.assert_array_equal(plink.read(), text.genotypes.to_numpy())
+        np.testing.assert_allclose(plink.phenotype(), text.phenotype, rtol=1e-12)
+        data = lab.phenotype.to_frame()
+        from_plink = gwas("y ~ 1 + snp", data, plink, lab.kinship, method="fixed", chunk_size=128)
+    from_frame = gwas("y ~ 1 + snp", data, lab.genotypes, lab.kinship, method="fixed")
+    np.testing.assert_allclose(from_plink.p_wald, from_frame.p_wald, rtol=1e-10)
+    assert list(from_plink.columns[:2]) == ["chr", "pos"]
+    assert (from_plink.pos.to_numpy() == lab.snps.pos.to_numpy()).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
 
 def run_gwas(args: argparse.Namespace) -> int:
     """A scan from PLINK files, written as a tab-separated table."""
-    from emlmm.gwas import gwas
+    from emlmm.gwas import _prepare_scan, _progress_bar
     from emlmm.io import read_plink
 
     with read_plink(args.bfile) as plink:
@@ -82,17 +83,57 @@ def run_gwas(args: argparse.Namespace) -> int:
 
             print("computing the centered kinship from the genotypes", file=sys.stderr)
             kinship = relatedness(plink, method="centered").to_numpy()
-        table = gwas(
+        prepared = _prepare_scan(
             f"y ~ {' + '.join(terms)} + snp",
             data,
             plink,
             kinship,
             method=args.method,
-            progress=not args.quiet,
+            chunk_size=args.chunk_size,
         )
-    table.to_csv(args.out, sep="\t", index_label="snp", float_format="%.6g")
-    print(f"wrote {len(table)} SNPs to {args.out}", file=sys.stderr)
+        done = _completed_rows(args.out, prepared.aligned.snps.index) if args.resume else 0
+        if done:
+            print(f"resuming after {done} SNPs already in {args.out}", file=sys.stderr)
+        progress = None if args.quiet else _progress_bar
+        # Each chunk is written and flushed as soon as it is done, so an interrupted
+        # scan keeps what it finished and --resume carries on from there.
+        with open(args.out, "a" if done else "w", encoding="utf-8") as handle:
+            for number, table in enumerate(prepared.tables(start=done, progress=progress)):
+                table.to_csv(
+                    handle,
+                    sep="\t",
+                    index_label="snp",
+                    float_format="%.6g",
+                    header=done == 0 and number == 0,
+                )
+                handle.flush()
+    print(f"wrote {prepared.n_snps} SNPs to {args.out}", file=sys.stderr)
     return 0
+
+
+def _completed_rows(path: str, snp_ids: pd.Index) -> int:
+    """How many SNPs an earlier run of the same scan finished in ``path``.
+
+    A partly written last line (the run was killed while writing) is cut off. The
+    SNPs found must be the first SNPs of the scan, in order, or resuming would mix
+    two different scans.
+    """
+    target = Path(path)
+    if not target.exists() or target.stat().st_size == 0:
+        return 0
+    text = target.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    if len(complete) < len(text):
+        target.write_text(complete, encoding="utf-8")
+    lines = complete.splitlines()
+    found = [line.split("\t", 1)[0] for line in lines[1:]]
+    if not lines or lines[0].split("\t", 1)[0] != "snp" or found != list(snp_ids[: len(found)]):
+        raise SystemExit(
+            f"emlmm: cannot resume: {path} is not an earlier, partial run of this scan "
+            "(its SNPs are not the fileset's first SNPs in order); remove it or choose "
+            "another --out"
+        )
+    return len(found)
 
 
 def run_kinship(args: argparse.Namespace) -> int:
@@ -157,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", required=True, help="output table (tab-separated)")
     scan.add_argument("--method", choices=["exact", "fixed"], default="exact")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
+    scan.add_argument(
+        "--chunk-size", type=int, default=None, help="SNPs per chunk (memory grows with it)"
+    )
+    scan.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted scan: keep the SNPs already in --out and add the rest",
+    )
     scan.set_defaults(run=run_gwas)
 
     relate = commands.add_parser("kinship", help="compute a kinship matrix from PLINK files")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-__all__ = ["align_kinship", "check_design", "check_kinship"]
+__all__ = ["align_kinship", "check_design", "check_formula_inputs", "check_kinship"]
 
 _SHOW_LABELS = 5
 
@@ -22,6 +22,16 @@ def _preview(labels: Sequence[Any]) -> str:
     shown = ", ".join(repr(label) for label in list(labels)[:_SHOW_LABELS])
     more = len(labels) - _SHOW_LABELS
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_formula_inputs(formula: Any, data: Any) -> None:
+    """A formula must be a string and its data a DataFrame (or a mapping of columns)."""
+    if not isinstance(formula, str):
+        raise TypeError(
+            f"formula must be a string such as 'y ~ 1 + x', not {type(formula).__name__}"
+        )
+    if not isinstance(data, (pd.DataFrame, dict)):
+        raise TypeError(f"data must be a pandas DataFrame, not {type(data).__name__}")
 
 
 def align_kinship(kinship: Any, index: pd.Index) -> Any:
@@ -102,6 +112,10 @@ def check_design(
     endog: NDArray[np.float64], exog: NDArray[np.float64], exog_names: Sequence[str]
 ) -> None:
     """Reject a response or design that no fit can use, saying why."""
+    if endog.shape[0] == 0:
+        raise ValueError(
+            "no observations left: every row has a missing value in the response or a covariate"
+        )
     for name, array in (("endog", endog), ("exog", exog)):
         rows = _non_finite_rows(array)
         if rows.size:
@@ -111,7 +125,7 @@ def check_design(
                 "of the kinship)"
             )
     nobs, k_exog = exog.shape
-    if nobs <= k_exog:
+    if nobs < k_exog + 2:
         raise ValueError(
             f"{nobs} observations are not enough for {k_exog} fixed effects plus two "
             "variance components"

@@ -226,24 +226,36 @@ def variance_information(data: RotatedData, sigma2_a: Array, sigma2_e: Array, re
 
 def predicted_gain(
     data: RotatedData, estimate: Estimate, reml: bool
-) -> tuple[Array, NDArray[np.bool_], Array]:
+) -> tuple[Array, NDArray[np.int8], Array]:
     """How much one Fisher-scoring step from ``estimate`` would raise the criterion.
 
     This measures the distance to the maximum directly, so it does not mistake EM's
     slow crawl (tiny gains per iteration, far from the optimum) for convergence.
-    The step is projected onto ``sigma2_a >= 0``. Returns the gain, whether the
-    unconstrained step would cross that boundary, and the projected step for
+    The step is projected onto the feasible set: ``sigma2_a >= 0``, and
+    ``sigma2_e >= 0`` where the kinship has full rank (``sigma2_e > 0`` otherwise).
+    Returns the gain, which boundary the unconstrained step would cross (0 none,
+    1 ``sigma2_a = 0``, 2 ``sigma2_e = 0``), and the projected step for
     (sigma2_a, sigma2_e).
     """
     score = variance_score(data, estimate, reml)
     information = variance_information(data, estimate.sigma2_a, estimate.sigma2_e, reml)
     step = np.linalg.solve(information, score[..., None])[..., 0]
-    crosses_boundary = estimate.sigma2_a + step[..., 0] < 0.0
-    step_a = np.where(crosses_boundary, -estimate.sigma2_a, step[..., 0])
+    crosses_a = estimate.sigma2_a + step[..., 0] < 0.0
+    crosses_e = ~crosses_a & (estimate.sigma2_e + step[..., 1] < 0.0)
+    # On a boundary, the other variance takes its best step with this one fixed.
+    step_a = np.where(
+        crosses_a,
+        -estimate.sigma2_a,
+        np.where(
+            crosses_e,
+            (score[..., 0] + information[..., 0, 1] * estimate.sigma2_e) / information[..., 0, 0],
+            step[..., 0],
+        ),
+    )
     step_e = np.where(
-        crosses_boundary,
+        crosses_a,
         (score[..., 1] - information[..., 1, 0] * step_a) / information[..., 1, 1],
-        step[..., 1],
+        np.where(crosses_e, -estimate.sigma2_e, step[..., 1]),
     )
     step = np.stack([step_a, step_e], axis=-1)
     gain = (score * step).sum(axis=-1) - 0.5 * np.einsum(
@@ -256,15 +268,32 @@ def predicted_gain(
         gain = gain + 0.5 * (
             beta_step * np.linalg.solve(cov_beta, beta_step[..., None])[..., 0]
         ).sum(axis=-1)
-    return gain, crosses_boundary, step
+    crosses = np.where(crosses_a, 1, np.where(crosses_e, 2, 0)).astype(np.int8)
+    return gain, crosses, step
 
 
-def boundary_estimate(data: RotatedData, reml: bool) -> Estimate:
+def ols_estimate(data: RotatedData, reml: bool) -> Estimate:
     """The best point with sigma2_a = 0: ordinary least squares."""
-    beta, _, resid = gls(data, np.ones(data.nobs))
+    estimate = boundary_estimate(data, reml, variance=1)
+    assert estimate is not None
+    return estimate
+
+
+def boundary_estimate(data: RotatedData, reml: bool, variance: int) -> Estimate | None:
+    """The best point on a boundary of the variance components.
+
+    ``variance=1``: sigma2_a = 0, i.e. ordinary least squares. ``variance=2``:
+    sigma2_e = 0, i.e. generalised least squares with covariance sigma2_a A, which
+    exists only when the kinship has full rank (``None`` otherwise).
+    """
+    if variance == 2 and data.rank < data.nobs:
+        return None
+    unit = np.ones(data.nobs) if variance == 1 else data.eigenvalues
+    beta, _, resid = gls(data, np.broadcast_to(unit, (*data.exog.shape[:-2], data.nobs)))
     dof = data.nobs - data.k_exog if reml else data.nobs
-    sigma2_e = (resid**2).sum(axis=-1) / dof
-    return Estimate.of(beta, np.zeros_like(sigma2_e), sigma2_e)
+    scale = (resid**2 / unit).sum(axis=-1) / dof
+    zeros = np.zeros_like(scale)
+    return Estimate.of(beta, zeros, scale) if variance == 1 else Estimate.of(beta, scale, zeros)
 
 
 def grid_start(data: RotatedData, reml: bool, n_grid: int = 30) -> Estimate:
@@ -391,13 +420,16 @@ def fit_em(
         if lab:
             done = new_values - values < tol
         else:
-            gain, crosses_boundary, step = predicted_gain(sub, current, reml)
+            gain, crosses, step = predicted_gain(sub, current, reml)
             if accelerate:
                 current, new_values, gain = _try_scoring_step(
                     sub, current, new_values, gain, step, reml
                 )
-            if np.any(crosses_boundary & (gain >= tol)):
-                current, new_values, gain = _try_boundary(sub, current, new_values, gain, reml)
+            for variance in (1, 2):
+                if np.any((crosses == variance) & (gain >= tol)):
+                    current, new_values, gain = _try_boundary(
+                        sub, current, new_values, gain, reml, variance
+                    )
             done = gain < tol
         values = new_values
         if single:
@@ -429,8 +461,9 @@ def _try_scoring_step(
 ) -> tuple[Estimate, Array, Array]:
     """Take the (projected) Fisher-scoring step where it improves on ``estimate``."""
     sigma2_a = np.maximum(estimate.sigma2_a + step[..., 0], 0.0)
-    sigma2_e = estimate.sigma2_e + step[..., 1]
-    valid = sigma2_e > 0.0
+    sigma2_e = np.maximum(estimate.sigma2_e + step[..., 1], 0.0)
+    # sigma2_e = 0 is allowed only where V = sigma2_a A stays positive definite.
+    valid = (sigma2_e > 0.0) | ((data.rank == data.nobs) & (sigma2_a > 0.0))
     sigma2_e = np.where(valid, sigma2_e, estimate.sigma2_e)
     beta, _, _ = gls(data, marginal_variances(data, sigma2_a, sigma2_e))
     candidate = Estimate(beta, sigma2_a, sigma2_e)
@@ -447,16 +480,20 @@ def _try_scoring_step(
 
 
 def _try_boundary(
-    data: RotatedData, estimate: Estimate, value: Array, gain: Array, reml: bool
+    data: RotatedData, estimate: Estimate, value: Array, gain: Array, reml: bool, variance: int
 ) -> tuple[Estimate, Array, Array]:
-    """Move to sigma2_a = 0 where that is a maximum at least as good as ``estimate``.
+    """Move to the boundary where a variance is 0 where that is a maximum at least as
+    good as ``estimate``.
 
     Plain EM approaches a boundary maximum only as 1/k, so without this check a fit
-    whose answer is sigma2_a = 0 would run to ``maxiter``.
+    whose answer is sigma2_a = 0 (or sigma2_e = 0) would run to ``maxiter``.
     """
-    boundary = boundary_estimate(data, reml)
+    boundary = boundary_estimate(data, reml, variance)
+    if boundary is None:
+        return estimate, value, gain
     at_boundary = criterion(data, boundary, reml)
-    take = (at_boundary >= value) & (variance_score(data, boundary, reml)[..., 0] <= 0.0)
+    outward = variance_score(data, boundary, reml)[..., variance - 1] <= 0.0
+    take = (at_boundary >= value) & outward
     boundary_gain, _, _ = predicted_gain(data, boundary, reml)
     return (
         boundary.where(take, estimate),

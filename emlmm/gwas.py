@@ -8,6 +8,7 @@ chunk is fitted at once by batched EM iterations warm-started from the null.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -17,8 +18,10 @@ import pandas as pd
 import patsy
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _em
+from emlmm._data import check_formula_inputs
 from emlmm.model import EMLMM
 
 __all__ = ["gwas"]
@@ -53,12 +56,14 @@ class _AlignedGenotypes:
     read_columns: Callable[[int, int], NDArray[np.float64]]
     rows: NDArray[np.intp]
 
-    def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, NDArray[np.float64]]]:
+    def chunks(
+        self, chunk_size: int, start: int = 0
+    ) -> Iterator[tuple[int, int, NDArray[np.float64]]]:
         n_snps = len(self.snps)
-        for start in range(0, n_snps, chunk_size):
-            stop = min(start + chunk_size, n_snps)
-            block = np.asarray(self.read_columns(start, stop), dtype=float)[self.rows]
-            yield start, stop, block
+        for first in range(start, n_snps, chunk_size):
+            stop = min(first + chunk_size, n_snps)
+            block = np.asarray(self.read_columns(first, stop), dtype=float)[self.rows]
+            yield first, stop, block
 
 
 def gwas(
@@ -128,23 +133,75 @@ def gwas(
     >>> bool((table.p_lrt.between(0, 1)).all())
     True
     """
-    # eval_env=1: formula names resolve in gwas()'s caller's namespace.
-    null = EMLMM.from_formula(_null_formula(formula), data=data, kinship=kinship, eval_env=1)
+    prepared = _prepare_scan(
+        formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, eval_env=1
+    )
+    report = _progress_bar if progress is True else (progress or None)
+    tables = list(prepared.tables(progress=report))
+    if not tables:
+        return pd.DataFrame(columns=COLUMNS, index=prepared.aligned.snps.index)
+    result = pd.concat(tables)
+    failed = int((~result.converged & (result.note == "")).sum())
+    if failed:
+        warnings.warn(
+            f"EM did not converge for {failed} SNPs (see the converged column); raise maxiter",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class _PreparedScan:
+    """A scan whose null model is fitted: chunks of SNPs can now be tested in turn."""
+
+    scanner: _Scanner
+    aligned: _AlignedGenotypes
+    chunk_size: int
+
+    @property
+    def n_snps(self) -> int:
+        return len(self.aligned.snps)
+
+    def tables(
+        self, start: int = 0, progress: ProgressCallback | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """One result table per chunk, for the SNPs from index ``start`` on."""
+        snps = self.aligned.snps
+        known = [column for column in ("chr", "pos") if column in snps.columns]
+        for first, stop, block in self.aligned.chunks(self.chunk_size, start):
+            table = self.scanner.scan(block)
+            table.index = snps.index[first:stop]
+            yield pd.concat([snps.iloc[first:stop][known], table], axis=1)
+            if progress is not None:
+                progress(stop, self.n_snps)
+
+
+def _prepare_scan(
+    formula: str,
+    data: pd.DataFrame,
+    genotypes: Any,
+    kinship: Any,
+    method: ScanMethod = "exact",
+    chunk_size: int | None = None,
+    maxiter: int = 10_000,
+    tol: float = _em.DEFAULT_TOLERANCE,
+    *,
+    eval_env: int = 0,
+) -> _PreparedScan:
+    """Check the inputs, fit the null model and line up the genotypes.
+
+    ``eval_env`` counts frames from this function's caller, as in ``from_formula``.
+    """
+    check_formula_inputs(formula, data)
+    null = EMLMM.from_formula(
+        _null_formula(formula), data=data, kinship=kinship, eval_env=eval_env + 1
+    )
     used_rows = pd.Index(null.data.row_labels)
     aligned = _align_genotypes(genotypes, data.index, used_rows)
     scanner = _Scanner(null, method, maxiter, tol)
-    n_snps = len(aligned.snps)
     chunk_size = chunk_size or max(64, min(4096, 4_000_000 // max(len(used_rows), 1)))
-    report = _progress_bar if progress is True else (progress or None)
-    parts = []
-    for _, stop, block in aligned.chunks(chunk_size):
-        parts.append(scanner.scan(block))
-        if report:
-            report(stop, n_snps)
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
-    table.index = aligned.snps.index
-    known = [column for column in ("chr", "pos") if column in aligned.snps.columns]
-    return pd.concat([aligned.snps[known], table], axis=1)
+    return _PreparedScan(scanner, aligned, chunk_size)
 
 
 def _null_formula(formula: str) -> str:
@@ -170,23 +227,51 @@ def _align_genotypes(
 ) -> _AlignedGenotypes:
     if isinstance(genotypes, pd.DataFrame):
         positions = _positions(genotypes.index, used_rows, "genotypes")
-        values = genotypes.to_numpy(dtype=float)
+        non_numeric = [
+            c for c in genotypes.columns if not pd.api.types.is_numeric_dtype(genotypes[c])
+        ]
+        if non_numeric:
+            raise TypeError(
+                f"genotypes must be numeric (0/1/2, NaN for missing); column(s) "
+                f"{', '.join(map(repr, non_numeric[:5]))} are {genotypes[non_numeric[0]].dtype}"
+            )
+        values = _check_genotype_values(genotypes.to_numpy(dtype=float), genotypes.columns)
         snps = pd.DataFrame(index=pd.Index(genotypes.columns.astype(str), name="snp"))
         return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], positions)
     if hasattr(genotypes, "read") and hasattr(genotypes, "sample_ids"):
         positions = _positions(genotypes.sample_ids, used_rows, "PLINK samples")
         snps = genotypes.snps[[c for c in ("chr", "pos") if c in genotypes.snps.columns]]
         return _AlignedGenotypes(snps, genotypes.read, positions)
-    values = np.asarray(genotypes, dtype=float)
+    try:
+        values = np.asarray(genotypes, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"genotypes must be a numeric matrix, a DataFrame or PLINK genotypes from "
+            f"emlmm.read_plink, not {type(genotypes).__name__} ({exc})"
+        ) from exc
     if values.ndim != 2 or values.shape[0] != len(data_index):
         raise ValueError(
             f"genotypes must be individuals x SNPs with one row per row of data "
             f"({len(data_index)}); got shape {values.shape}"
         )
-    snps = pd.DataFrame(
-        index=pd.Index([f"snp{j + 1}" for j in range(values.shape[1])], name="snp")
+    names = pd.Index([f"snp{j + 1}" for j in range(values.shape[1])], name="snp")
+    values = _check_genotype_values(values, names)
+    return _AlignedGenotypes(
+        pd.DataFrame(index=names), lambda a, b: values[:, a:b], data_index.get_indexer(used_rows)
     )
-    return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], data_index.get_indexer(used_rows))
+
+
+def _check_genotype_values(values: NDArray[np.float64], names: pd.Index) -> NDArray[np.float64]:
+    """Genotypes count alleles: 0 to 2, NaN for missing."""
+    outside = (values < 0) | (values > 2) | np.isinf(values)
+    if outside.any():
+        rows, cols = np.nonzero(outside)
+        raise ValueError(
+            f"genotypes must lie between 0 and 2 (allele counts; NaN for missing): SNP "
+            f"{names[cols[0]]!r} has {values[rows[0], cols[0]]:g} in row {rows[0]}, and "
+            f"{outside.any(axis=0).sum()} SNPs have such values (is -9 or 3 used for missing?)"
+        )
+    return values
 
 
 def _positions(available: pd.Index, wanted: pd.Index, what: str) -> NDArray[np.intp]:
@@ -226,9 +311,20 @@ class _Scanner:
         notes = self._notes(block, observed, rotated)
         table["note"] = notes
         good = np.nonzero(notes == "")[0]
-        if good.size:
-            for column, values in self._statistics(rotated[:, good]).items():
-                table.loc[good, column] = values
+        try:
+            groups = [(good, self._statistics(rotated[:, good]))] if good.size else []
+        except Exception:
+            # Something failed for the chunk as a whole: redo it SNP by SNP, so that
+            # a failure stays in the row of the SNP that caused it.
+            groups = []
+            for j in good:
+                try:
+                    groups.append((np.array([j]), self._statistics(rotated[:, [j]])))
+                except Exception as exc:
+                    table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
+        for rows, statistics in groups:
+            for column, values in statistics.items():
+                table.loc[rows, column] = values
         return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
 
     def _notes(

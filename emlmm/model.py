@@ -12,7 +12,7 @@ from statsmodels.base.model import LikelihoodModel
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 
 from emlmm import _em
-from emlmm._data import align_kinship, check_design, check_kinship
+from emlmm._data import align_kinship, check_design, check_formula_inputs, check_kinship
 from emlmm._spectral import KinshipSpectrum
 
 __all__ = ["EMLMM"]
@@ -94,6 +94,7 @@ class EMLMM(LikelihoodModel):
         if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
             kinship = align_kinship(kinship, endog.index)
         n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
+        _check_complete_rows(endog, exog, missing)
         kinship = check_kinship(kinship, n_rows)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
         self.kinship: NDArray[np.float64]
@@ -105,12 +106,19 @@ class EMLMM(LikelihoodModel):
         self.spectrum = KinshipSpectrum.from_kinship(self.kinship)
         if self.spectrum.rank == 0:
             raise ValueError("kinship is zero: it has no positive eigenvalue")
+        eigenvalues = self.spectrum.eigenvalues
+        if eigenvalues.max() - eigenvalues.min() <= 1e-8 * eigenvalues.max():
+            raise ValueError(
+                f"kinship is proportional to the identity (every eigenvalue is "
+                f"{eigenvalues.max():.6g}), so V = (c sigma2_a + sigma2_e) I and sigma2_a and "
+                "sigma2_e are not separately identifiable; fit OLS instead"
+            )
         self._rotated = _em.RotatedData.build(
             endog=self.spectrum.rotate(self.endog),
             exog=self.spectrum.rotate(self.exog),
             eigenvalues=self.spectrum.eigenvalues,
         )
-        ols_variance = float(_em.boundary_estimate(self._rotated, reml=False).sigma2_e)
+        ols_variance = float(_em.ols_estimate(self._rotated, reml=False).sigma2_e)
         if np.sqrt(ols_variance) <= 1e-10 * np.abs(self.endog).max():
             raise ValueError(
                 "endog is exactly a linear combination of exog (for example a constant "
@@ -148,6 +156,8 @@ class EMLMM(LikelihoodModel):
         -------
         EMLMM
         """
+        check_formula_inputs(formula, data)
+        data = pd.DataFrame(data) if isinstance(data, dict) else data
         if subset is not None:
             data = data.loc[subset]
         kinship = align_kinship(kinship, data.index)
@@ -217,7 +227,7 @@ class EMLMM(LikelihoodModel):
     def fit(  # type: ignore[override]
         self,
         start_params: ArrayLike | str | None = None,
-        method: FitMethod = "em",
+        method: FitMethod = "accelerated",
         maxiter: int = 10_000,
         tol: float | None = None,
         reml: bool = False,
@@ -233,14 +243,15 @@ class EMLMM(LikelihoodModel):
             ``None`` (default) starts from the best heritability on a grid;
             ``"lab"`` from the lab's values (sigma2_a = 70, sigma2_e = 10,
             beta = 0); an array gives fixed effects, sigma2_a and sigma2_e.
-        method : {"em", "accelerated", "lab"}
-            ``"em"``: EM in the lab's order of updates, stopping when the gain a
+        method : {"accelerated", "em", "lab"}
+            ``"em"``: plain EM in the lab's order of updates, stopping when the gain a
             Fisher-scoring step predicts is below ``tol`` (default 1e-12), which
             EM's slow crawl near sigma2_a = 0 cannot fool; a maximum on the
-            boundary sigma2_a = 0 is detected and taken. ``"accelerated"``: the
-            same, with each EM step followed by that Fisher-scoring step wherever
-            it raises the likelihood further: the same maximum in a handful of
-            iterations where EM needs hundreds or thousands. ``"lab"``: the
+            boundary sigma2_a = 0 (or sigma2_e = 0) is detected and taken.
+            ``"accelerated"`` (the default): the same, with each EM step followed
+            by that Fisher-scoring step wherever it raises the likelihood further:
+            the same maximum in a handful of iterations where EM needs hundreds
+            or thousands. Use ``"em"`` to follow the lab's trajectory. ``"lab"``: the
             lab's algorithm verbatim, including its stopping rule (an iteration
             gains less than ``tol``, default 1e-5) and its ``ginv`` treatment of
             a singular kinship, which does not maximise the likelihood.
@@ -301,6 +312,21 @@ class EMLMM(LikelihoodModel):
             )
         results = EMLMMResults(self, trace, reml=reml, method=method, use_t=use_t)
         return EMLMMResultsWrapper(results)
+
+
+def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:
+    """Fail clearly, before statsmodels does obscurely, when no complete row is left."""
+    complete = np.zeros(0, dtype=bool)
+    if len(endog) > 0:
+        complete = np.isfinite(np.asarray(endog, dtype=float)).reshape(len(endog), -1).all(axis=1)
+        if missing == "drop":
+            complete &= (
+                np.isfinite(np.asarray(exog, dtype=float)).reshape(len(exog), -1).all(axis=1)
+            )
+    if not complete.any():
+        raise ValueError(
+            "no observations left: every row has a missing value in the response or a covariate"
+        )
 
 
 def _print_iteration(iteration: int, llf: float) -> None:

@@ -225,7 +225,7 @@ class EMLMMResults(LikelihoodModelResults):
         LikelihoodRatioTest
         """
         data = self.model._rotated
-        restricted = float(_em.criterion(data, _em.boundary_estimate(data, self.reml), self.reml))
+        restricted = float(_em.criterion(data, _em.ols_estimate(data, self.reml), self.reml))
         statistic = max(2.0 * (self.llf - restricted), 0.0)
         naive = float(stats.chi2.sf(statistic, 1))
         pvalue = 1.0 if statistic == 0.0 else 0.5 * naive

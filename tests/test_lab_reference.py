@@ -38,7 +38,7 @@ def null_model(lab):
 
 
 def test_em_from_the_lab_start_retraces_the_labs_log_likelihoods(lab, r_trace):
-    result = null_model(lab).fit(start_params="lab")
+    result = null_model(lab).fit(start_params="lab", method="em")
     ours = result.llf_history[: len(r_trace)] + lab_constant(result.nobs)
     assert result.n_iter + 1 >= len(r_trace)  # we stop later, never earlier
     np.testing.assert_allclose(ours, r_trace.loglik, rtol=1e-12)

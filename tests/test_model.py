@@ -87,7 +87,7 @@ def test_results_quantities_follow_their_definitions(genomic):
 
 def test_llf_history_never_decreases_and_ends_at_llf(genomic):
     y, X, kinship = genomic
-    result = EMLMM(y, X, kinship).fit(start_params="lab")
+    result = EMLMM(y, X, kinship).fit(start_params="lab", method="em")
     assert np.all(np.diff(result.llf_history) >= -1e-9)
     assert result.llf_history[-1] == result.llf
     assert len(result.llf_history) == result.n_iter + 1
@@ -174,7 +174,7 @@ def test_summary_shows_fixed_effects_and_variance_components(grouped):
     text = str(EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit().summary())
     for expected in (
         "EMLMM",
-        "ML (EM)",
+        "ML (EM+FS)",
         "sex[T.M]",
         "sigma2_a",
         "sigma2_e",
@@ -188,7 +188,7 @@ def test_summary_shows_fixed_effects_and_variance_components(grouped):
 
 def test_disp_prints_the_labs_lines(genomic, capsys):
     y, X, kinship = genomic
-    result = EMLMM(y, X, kinship).fit(start_params="lab", disp=True)
+    result = EMLMM(y, X, kinship).fit(start_params="lab", method="em", disp=True)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == result.n_iter
     assert re.fullmatch(r"iteration = 1, loglikelihood = -\d+\.\d{3}", lines[0])
@@ -198,7 +198,7 @@ def test_disp_prints_the_labs_lines(genomic, capsys):
 def test_maxiter_raises_convergence_warning(genomic):
     y, X, kinship = genomic
     with pytest.warns(ConvergenceWarning, match="did not converge in 3 iterations"):
-        result = EMLMM(y, X, kinship).fit(start_params="lab", maxiter=3)
+        result = EMLMM(y, X, kinship).fit(start_params="lab", method="em", maxiter=3)
     assert not result.converged
     assert result.n_iter == 3
 
@@ -212,7 +212,7 @@ def test_stopping_rule_is_not_fooled_by_a_slow_crawl():
     a = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
     y = 0.9 * a + rng.normal(size=n)
     oracle = dense.maximise(y, X, kinship, start=(0.5, 1.0))
-    crawled = EMLMM(y, X, kinship).fit(start_params=[0.0, 5.0, 0.5])
+    crawled = EMLMM(y, X, kinship).fit(start_params=[0.0, 5.0, 0.5], method="em")
     lab_rule = EMLMM(y, X, kinship).fit(start_params=[0.0, 5.0, 0.5], method="lab")
     assert crawled.llf == pytest.approx(oracle.llf, abs=1e-7)
     assert crawled.sigma2_a == pytest.approx(oracle.sigma2_a, rel=1e-3, abs=1e-4)
@@ -229,7 +229,7 @@ def test_accelerated_em_reaches_the_same_maximum_where_plain_em_crawls(reml):
     a = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
     y = 0.7 * a + rng.normal(size=n)  # small but interior sigma2_a: plain EM crawls
     with pytest.warns(ConvergenceWarning):
-        plain = EMLMM(y, X, kinship).fit(reml=reml, maxiter=2000)
+        plain = EMLMM(y, X, kinship).fit(reml=reml, method="em", maxiter=2000)
     fast = EMLMM(y, X, kinship).fit(reml=reml, method="accelerated")
     oracle = dense.maximise(y, X, kinship, reml=reml, start=(0.1, 1.0))
     assert fast.converged and fast.n_iter < 50

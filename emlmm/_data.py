@@ -13,7 +13,17 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-__all__ = ["align_kinship", "check_design", "check_formula_inputs", "check_kinship"]
+__all__ = [
+    "align_kinship",
+    "check_choice",
+    "check_count",
+    "check_design",
+    "check_flag",
+    "check_formula_inputs",
+    "check_kinship",
+    "check_numeric",
+    "check_positive",
+]
 
 _SHOW_LABELS = 5
 
@@ -22,6 +32,55 @@ def _preview(labels: Sequence[Any]) -> str:
     shown = ", ".join(repr(label) for label in list(labels)[:_SHOW_LABELS])
     more = len(labels) - _SHOW_LABELS
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer argument such as ``maxiter``: TypeError if not an integer, ValueError if
+    below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """A positive real argument such as ``tol``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, not {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """A string argument with a fixed set of values, such as ``method``."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, not {type(value).__name__}"
+        )
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return value
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+    return bool(value)
+
+
+def check_numeric(name: str, values: Any) -> None:
+    """TypeError, naming the columns, when a DataFrame or array is not numeric."""
+    if isinstance(values, pd.DataFrame):
+        bad = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
+        if bad:
+            raise TypeError(f"{name} must be numeric; column(s) {_preview(bad)} are not")
+        return
+    try:
+        np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric: {exc}") from exc
 
 
 def check_formula_inputs(formula: Any, data: Any) -> None:

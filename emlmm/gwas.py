@@ -21,7 +21,7 @@ from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _em
-from emlmm._data import check_formula_inputs
+from emlmm._data import check_choice, check_count, check_formula_inputs, check_positive
 from emlmm.model import EMLMM
 
 __all__ = ["gwas"]
@@ -194,6 +194,11 @@ def _prepare_scan(
     ``eval_env`` counts frames from this function's caller, as in ``from_formula``.
     """
     check_formula_inputs(formula, data)
+    check_choice("method", method, ("exact", "fixed"))
+    maxiter = check_count("maxiter", maxiter)
+    tol = check_positive("tol", tol)
+    if chunk_size is not None:
+        chunk_size = check_count("chunk_size", chunk_size)
     null = EMLMM.from_formula(
         _null_formula(formula), data=data, kinship=kinship, eval_env=eval_env + 1
     )
@@ -289,8 +294,6 @@ class _Scanner:
     """Per-chunk statistics given the null model, fitted once."""
 
     def __init__(self, null: EMLMM, method: ScanMethod, maxiter: int, tol: float) -> None:
-        if method not in ("exact", "fixed"):
-            raise ValueError(f"method must be 'exact' or 'fixed', not {method!r}")
         self.method, self.maxiter, self.tol = method, maxiter, tol
         self.spectrum = null.spectrum
         self.null_data = null._rotated

@@ -12,7 +12,17 @@ from statsmodels.base.model import LikelihoodModel
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 
 from emlmm import _em
-from emlmm._data import align_kinship, check_design, check_formula_inputs, check_kinship
+from emlmm._data import (
+    align_kinship,
+    check_choice,
+    check_count,
+    check_design,
+    check_flag,
+    check_formula_inputs,
+    check_kinship,
+    check_numeric,
+    check_positive,
+)
 from emlmm._spectral import KinshipSpectrum
 
 __all__ = ["EMLMM"]
@@ -93,6 +103,8 @@ class EMLMM(LikelihoodModel):
         missing_idx = kwargs.get("missing_idx")
         if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
             kinship = align_kinship(kinship, endog.index)
+        check_numeric("endog", endog)
+        check_numeric("exog", exog)
         n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
         _check_complete_rows(endog, exog, missing)
         kinship = check_kinship(kinship, n_rows)
@@ -202,6 +214,8 @@ class EMLMM(LikelihoodModel):
                 f"params must hold {self.k_exog} fixed effects followed by sigma2_a and "
                 f"sigma2_e ({self.k_exog + 2} values); got shape {values.shape}"
             )
+        if not np.isfinite(values).all():
+            raise ValueError(f"params must be finite; got {values}")
         if values[-2] < 0 or values[-1] <= 0:
             raise ValueError(
                 f"variances must satisfy sigma2_a >= 0 and sigma2_e > 0; got {values[-2:]}"
@@ -277,8 +291,11 @@ class EMLMM(LikelihoodModel):
 
         if kwargs:
             raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
-        if method not in ("em", "accelerated", "lab"):
-            raise ValueError(f"method must be 'em', 'accelerated' or 'lab', not {method!r}")
+        check_choice("method", method, ("accelerated", "em", "lab"))
+        maxiter = check_count("maxiter", maxiter)
+        reml = check_flag("reml", reml)
+        if tol is not None:
+            tol = check_positive("tol", tol)
         lab = method == "lab"
         if lab and reml:
             raise ValueError("the lab's algorithm is maximum likelihood; use method='em' for REML")

@@ -73,6 +73,45 @@ def test_fewer_observations_than_parameters():
         EMLMM(np.array([1.0, 2.0, 4.0]), np.column_stack([np.ones(3), [0.0, 1.0, 3.0]]), kinship)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"maxiter": "a"}, TypeError, "maxiter must be an integer"),
+        ({"maxiter": 0}, ValueError, "maxiter must be at least 1"),
+        ({"tol": "x"}, TypeError, "tol must be a number"),
+        ({"tol": -1.0}, ValueError, "tol must be a positive number"),
+        ({"reml": "yes"}, TypeError, "reml must be True or False"),
+        ({"method": 3}, TypeError, "method must be one of"),
+        ({"start_params": [np.nan, 0.0, 1.0, 1.0]}, ValueError, "params must be finite"),
+    ],
+)
+def test_fit_arguments_of_the_wrong_type_or_value(trio, options, error, message):
+    data, _, kinship = trio
+    with pytest.raises(error, match=message):
+        EMLMM.from_formula("y ~ x", data, kinship=kinship).fit(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"chunk_size": 0}, ValueError, "chunk_size must be at least 1"),
+        ({"chunk_size": "a"}, TypeError, "chunk_size must be an integer"),
+        ({"method": 3}, TypeError, "method must be one of 'exact', 'fixed'"),
+        ({"tol": 0.0}, ValueError, "tol must be a positive number"),
+    ],
+)
+def test_gwas_arguments_of_the_wrong_type_or_value(trio, options, error, message):
+    data, genotypes, kinship = trio
+    with pytest.raises(error, match=message):
+        gwas("y ~ 1 + snp", data, genotypes, kinship, **options)
+
+
+def test_non_numeric_design_is_a_type_error(trio):
+    data, _, kinship = trio
+    with pytest.raises(TypeError, match="exog must be numeric; column.* 'group'"):
+        EMLMM(data.y, data[["x"]].assign(group="a"), kinship)
+
+
 # ------------------------------------------------------------ numeric edge cases
 
 

@@ -77,6 +77,7 @@ def gwas(
     maxiter: int = 10_000,
     tol: float = _em.DEFAULT_TOLERANCE,
     progress: bool | ProgressCallback = False,
+    client: Any = None,
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
@@ -107,6 +108,12 @@ def gwas(
     progress : bool or callable
         ``True`` draws a progress bar on standard error; a callable is called as
         ``progress(done, total)`` after each chunk.
+    client : dask.distributed.Client, optional
+        Test the SNP chunks on a Dask cluster. The null model and the kinship's
+        eigendecomposition are computed once, here, and broadcast to the workers;
+        chunks are read here and sent out, a few at a time, so memory stays
+        bounded. The results are those of the in-process scan. ``genotypes`` may
+        also be a dask array, read chunk by chunk.
 
     Returns
     -------
@@ -137,7 +144,10 @@ def gwas(
         formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, eval_env=1
     )
     report = _progress_bar if progress is True else (progress or None)
-    tables = list(prepared.tables(progress=report))
+    if client is None:
+        tables = list(prepared.tables(progress=report))
+    else:
+        tables = list(prepared.distributed_tables(client, progress=report))
     if not tables:
         return pd.DataFrame(columns=COLUMNS, index=prepared.aligned.snps.index)
     result = pd.concat(tables)
@@ -167,14 +177,40 @@ class _PreparedScan:
         self, start: int = 0, progress: ProgressCallback | None = None
     ) -> Iterator[pd.DataFrame]:
         """One result table per chunk, for the SNPs from index ``start`` on."""
-        snps = self.aligned.snps
-        known = [column for column in ("chr", "pos") if column in snps.columns]
         for first, stop, block in self.aligned.chunks(self.chunk_size, start):
-            table = self.scanner.scan(block)
-            table.index = snps.index[first:stop]
-            yield pd.concat([snps.iloc[first:stop][known], table], axis=1)
+            yield self._labelled(first, stop, self.scanner.scan(block))
             if progress is not None:
                 progress(stop, self.n_snps)
+
+    def distributed_tables(
+        self, client: Any, progress: ProgressCallback | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """As :meth:`tables`, with the chunks tested on the workers of a Dask client."""
+        scanner = client.scatter(self.scanner, broadcast=True)
+        in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
+        pending: list[tuple[int, int, Any]] = []
+        for first, stop, block in self.aligned.chunks(self.chunk_size):
+            pending.append((first, stop, client.submit(_scan_block, scanner, block, pure=False)))
+            while len(pending) >= in_flight:
+                yield self._collect(pending.pop(0), progress)
+        while pending:
+            yield self._collect(pending.pop(0), progress)
+
+    def _collect(
+        self, task: tuple[int, int, Any], progress: ProgressCallback | None
+    ) -> pd.DataFrame:
+        first, stop, future = task
+        table = self._labelled(first, stop, future.result())
+        if progress is not None:
+            progress(stop, self.n_snps)
+        return table
+
+    def _labelled(self, first: int, stop: int, table: pd.DataFrame) -> pd.DataFrame:
+        """A chunk's statistics indexed by SNP id, with chr and pos when known."""
+        snps = self.aligned.snps
+        known = [column for column in ("chr", "pos") if column in snps.columns]
+        table.index = snps.index[first:stop]
+        return pd.concat([snps.iloc[first:stop][known], table], axis=1)
 
 
 def _prepare_scan(
@@ -243,6 +279,20 @@ def _align_genotypes(
         values = _check_genotype_values(genotypes.to_numpy(dtype=float), genotypes.columns)
         snps = pd.DataFrame(index=pd.Index(genotypes.columns.astype(str), name="snp"))
         return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], positions)
+    if hasattr(genotypes, "dask") and getattr(genotypes, "ndim", 0) == 2:
+        if genotypes.shape[0] != len(data_index):
+            raise ValueError(
+                f"genotypes must be individuals x SNPs with one row per row of data "
+                f"({len(data_index)}); got shape {genotypes.shape}"
+            )
+        names = pd.Index([f"snp{j + 1}" for j in range(genotypes.shape[1])], name="snp")
+        return _AlignedGenotypes(
+            pd.DataFrame(index=names),
+            lambda a, b: _check_genotype_values(
+                np.asarray(genotypes[:, a:b].compute(), dtype=float), names[a:b]
+            ),
+            data_index.get_indexer(used_rows),
+        )
     if hasattr(genotypes, "read") and hasattr(genotypes, "sample_ids"):
         positions = _positions(genotypes.sample_ids, used_rows, "PLINK samples")
         snps = genotypes.snps[[c for c in ("chr", "pos") if c in genotypes.snps.columns]]
@@ -427,6 +477,11 @@ class _Scanner:
         p_yy = resid @ (resid / variances)
         statistic = null.nobs * p_xy**2 / (p_yy * p_xx)
         return stats.f.sf(statistic, 1, null.nobs - null.k_exog - 1)
+
+
+def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:
+    """One chunk's statistics (a module-level function, so Dask can ship it)."""
+    return scanner.scan(block)
 
 
 def _progress_bar(done: int, total: int) -> None:

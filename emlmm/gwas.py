@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _em
 from emlmm._data import check_choice, check_count, check_formula_inputs, check_positive
+from emlmm.kinship import kinship_sum
 from emlmm.model import EMLMM
 
 __all__ = ["gwas"]
@@ -56,6 +57,22 @@ class _AlignedGenotypes:
     read_columns: Callable[[int, int], NDArray[np.float64]]
     rows: NDArray[np.intp]
 
+    def for_rows(self, rows: NDArray[np.intp]) -> _AlignedGenotypes:
+        """The same SNPs for a subset of these rows (positions into ``self.rows``)."""
+        return replace(self, rows=self.rows[rows])
+
+    def columns(self, indices: NDArray[np.intp]) -> _AlignedGenotypes:
+        """The SNPs at ``indices`` (increasing), read in runs of adjacent columns."""
+
+        def read(first: int, stop: int) -> NDArray[np.float64]:
+            wanted = indices[first:stop]
+            runs = np.split(wanted, np.nonzero(np.diff(wanted) != 1)[0] + 1)
+            return np.concatenate(
+                [self.read_columns(int(run[0]), int(run[-1]) + 1) for run in runs], axis=1
+            )
+
+        return replace(self, snps=self.snps.iloc[indices], read_columns=read)
+
     def chunks(
         self, chunk_size: int, start: int = 0
     ) -> Iterator[tuple[int, int, NDArray[np.float64]]]:
@@ -78,6 +95,8 @@ def gwas(
     tol: float = _em.DEFAULT_TOLERANCE,
     progress: bool | ProgressCallback = False,
     client: Any = None,
+    loco: bool = False,
+    chromosomes: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
@@ -93,8 +112,8 @@ def gwas(
         Individuals x SNPs, coded 0/1/2 (NaN for missing). A DataFrame is aligned
         to ``data`` by index; an ndarray is taken in ``data``'s row order; PLINK
         genotypes from :func:`emlmm.read_plink` are matched by sample id.
-    kinship : array_like or DataFrame
-        The kinship, as for :class:`emlmm.EMLMM`.
+    kinship : array_like or DataFrame or None
+        The kinship, as for :class:`emlmm.EMLMM`; ``None`` with ``loco=True``.
     method : {"exact", "fixed"}
         ``"exact"``: for every SNP the variance components are re-estimated by ML
         (as the lab does) for the likelihood-ratio test, and by REML for the Wald
@@ -114,6 +133,15 @@ def gwas(
         chunks are read here and sent out, a few at a time, so memory stays
         bounded. The results are those of the in-process scan. ``genotypes`` may
         also be a dask array, read chunk by chunk.
+    loco : bool
+        Leave one chromosome out: the SNPs of each chromosome are tested against a
+        null model whose kinship (GEMMA's centered kinship, with its default SNP
+        filters, over all rows of ``data``) is built from the other chromosomes,
+        so a SNP never competes with itself in the random effect. Needs
+        chromosome labels: PLINK's, or ``chromosomes``.
+    chromosomes : array_like, optional
+        One chromosome label per SNP, for genotypes without them (reported as the
+        ``chr`` column).
 
     Returns
     -------
@@ -140,17 +168,47 @@ def gwas(
     >>> bool((table.p_lrt.between(0, 1)).all())
     True
     """
-    prepared = _prepare_scan(
-        formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, eval_env=1
-    )
     report = _progress_bar if progress is True else (progress or None)
-    if client is None:
-        tables = list(prepared.tables(progress=report))
+    if loco:
+        if kinship is not None:
+            raise ValueError(
+                "with loco=True the kinships are built from the genotypes, one per left-out "
+                "chromosome; pass kinship=None"
+            )
+        check_formula_inputs(formula, data)
+        aligned = _align_genotypes(genotypes, data.index, data.index, chromosomes)
+        scans = [
+            _prepare_scan(
+                formula, data, part, part_kinship, method, chunk_size, maxiter, tol, eval_env=1
+            )
+            for part, part_kinship in _leave_one_chromosome_out(aligned, data.index)
+        ]
     else:
-        tables = list(prepared.distributed_tables(client, progress=report))
+        scans = [
+            _prepare_scan(
+                formula,
+                data,
+                genotypes,
+                kinship,
+                method,
+                chunk_size,
+                maxiter,
+                tol,
+                eval_env=1,
+                chromosomes=chromosomes,
+            )
+        ]
+    tables = []
+    for prepared in scans:
+        if client is None:
+            tables.extend(prepared.tables(progress=report))
+        else:
+            tables.extend(prepared.distributed_tables(client, progress=report))
     if not tables:
-        return pd.DataFrame(columns=COLUMNS, index=prepared.aligned.snps.index)
+        return pd.DataFrame(columns=COLUMNS, index=scans[0].aligned.snps.index)
     result = pd.concat(tables)
+    if loco:
+        result = result.loc[aligned.snps.index]
     failed = int((~result.converged & (result.note == "")).sum())
     if failed:
         warnings.warn(
@@ -224,6 +282,7 @@ def _prepare_scan(
     tol: float = _em.DEFAULT_TOLERANCE,
     *,
     eval_env: int = 0,
+    chromosomes: ArrayLike | None = None,
 ) -> _PreparedScan:
     """Check the inputs, fit the null model and line up the genotypes.
 
@@ -239,7 +298,10 @@ def _prepare_scan(
         _null_formula(formula), data=data, kinship=kinship, eval_env=eval_env + 1
     )
     used_rows = pd.Index(null.data.row_labels)
-    aligned = _align_genotypes(genotypes, data.index, used_rows)
+    if isinstance(genotypes, _AlignedGenotypes):  # a chromosome's part of a LOCO scan
+        aligned = genotypes.for_rows(data.index.get_indexer(used_rows))
+    else:
+        aligned = _align_genotypes(genotypes, data.index, used_rows, chromosomes)
     scanner = _Scanner(null, method, maxiter, tol)
     chunk_size = chunk_size or max(64, min(4096, 4_000_000 // max(len(used_rows), 1)))
     return _PreparedScan(scanner, aligned, chunk_size)
@@ -264,6 +326,60 @@ def _null_formula(formula: str) -> str:
 
 
 def _align_genotypes(
+    genotypes: Any, data_index: pd.Index, used_rows: pd.Index, chromosomes: Any = None
+) -> _AlignedGenotypes:
+    """Genotypes read in the order of ``used_rows``, with chromosome labels if given."""
+    aligned = _align_genotype_rows(genotypes, data_index, used_rows)
+    if chromosomes is None:
+        return aligned
+    labels = np.asarray(chromosomes)
+    if labels.shape != (len(aligned.snps),):
+        raise ValueError(
+            f"chromosomes must give one label per SNP ({len(aligned.snps)}); got shape "
+            f"{labels.shape}"
+        )
+    return replace(aligned, snps=aligned.snps.assign(chr=labels))
+
+
+def _leave_one_chromosome_out(
+    aligned: _AlignedGenotypes, labels: pd.Index
+) -> Iterator[tuple[_AlignedGenotypes, pd.DataFrame]]:
+    """Each chromosome's SNPs with the kinship of all the other chromosomes.
+
+    One pass over all SNPs gives the kinship's sum of products and SNP count; one pass
+    over each chromosome gives its share, which is subtracted.
+    """
+    if "chr" not in aligned.snps.columns:
+        raise ValueError(
+            "loco=True needs chromosome labels: use PLINK genotypes (emlmm.read_plink) or "
+            "pass chromosomes=[...], one per SNP"
+        )
+    n_samples = len(aligned.rows)
+    chunk_size = max(64, min(4096, 4_000_000 // max(n_samples, 1)))
+    chromosome = aligned.snps["chr"].to_numpy()
+
+    def sums(part: _AlignedGenotypes) -> tuple[NDArray[np.float64], int]:
+        matrix, counts = kinship_sum(
+            n_samples, part.chunks(chunk_size), lambda j: repr(part.snps.index[j])
+        )
+        return matrix, counts.used
+
+    total, used = sums(aligned)
+    for label in pd.unique(chromosome):
+        part = aligned.columns(np.nonzero(chromosome == label)[0])
+        share, share_used = sums(part)
+        if used == share_used:
+            raise ValueError(
+                f"no SNP outside chromosome {label} passes the kinship's filters, so its "
+                "leave-one-out kinship cannot be built"
+            )
+        yield (
+            part,
+            pd.DataFrame((total - share) / (used - share_used), index=labels, columns=labels),
+        )
+
+
+def _align_genotype_rows(
     genotypes: Any, data_index: pd.Index, used_rows: pd.Index
 ) -> _AlignedGenotypes:
     if isinstance(genotypes, pd.DataFrame):

@@ -153,6 +153,28 @@ def _chunks(
     )
 
 
+def kinship_sum(
+    n_samples: int,
+    blocks: Iterator[tuple[int, int, NDArray[np.float64]]],
+    snp_name: Callable[[int], str],
+    method: str = "centered",
+    min_maf: float = 0.01,
+    max_missing: float = 0.05,
+) -> tuple[NDArray[np.float64], _SnpCounts]:
+    """``W W'`` summed over the SNPs of ``blocks`` that pass the filters, and the counts.
+
+    The kinship is this sum over ``counts.used``; sums over disjoint sets of SNPs add
+    up, which is what leave-one-chromosome-out kinships are made of.
+    """
+    counts = _SnpCounts()
+    matrix = np.zeros((n_samples, n_samples))
+    for start, _stop, block in blocks:
+        centered = _centered_block(block, start, snp_name, method, min_maf, max_missing, counts)
+        if centered.shape[1]:
+            matrix += centered @ centered.T
+    return matrix, counts
+
+
 @overload
 def kinship(
     genotypes: NDArray[Any],
@@ -260,12 +282,7 @@ def kinship(
         raise ValueError(f"max_missing must be between 0 and 1, not {max_missing}")
 
     n_samples, snp_name, blocks = _chunks(genotypes, int(chunk_size))
-    counts = _SnpCounts()
-    matrix = np.zeros((n_samples, n_samples))
-    for start, _stop, block in blocks:
-        centered = _centered_block(block, start, snp_name, method, min_maf, max_missing, counts)
-        if centered.shape[1]:
-            matrix += centered @ centered.T
+    matrix, counts = kinship_sum(n_samples, blocks, snp_name, method, min_maf, max_missing)
     if counts.used == 0:
         raise ValueError(
             f"no SNP is left to compute the kinship from: {counts.describe()} "

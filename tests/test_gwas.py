@@ -225,3 +225,50 @@ def test_plink_genotypes_equal_the_lab_text_genotypes_and_scan_alike(tmp_path):
     np.testing.assert_allclose(from_plink.p_wald, from_frame.p_wald, rtol=1e-10)
     assert list(from_plink.columns[:2]) == ["chr", "pos"]
     assert (from_plink.pos.to_numpy() == lab.snps.pos.to_numpy()).all()
+
+
+def test_loco_scans_each_chromosome_with_the_other_chromosomes_kinship():
+    from emlmm import kinship
+    from emlmm.datasets import load_lab
+
+    lab = load_lab()
+    data = lab.phenotype.to_frame()
+    chromosome = lab.snps.chr.to_numpy()
+    loco = gwas("y ~ 1 + snp", data, lab.genotypes, None, method="fixed", loco=True,
+                chromosomes=chromosome)
+    assert list(loco.index) == list(lab.genotypes.columns)
+    assert (loco.chr.to_numpy() == chromosome).all()
+    for label in np.unique(chromosome):
+        on = lab.genotypes.loc[:, chromosome == label]
+        others = kinship(lab.genotypes.loc[:, chromosome != label])  # GEMMA -gk 1
+        expected = gwas("y ~ 1 + snp", data, on, others, method="fixed")
+        np.testing.assert_allclose(loco.loc[on.columns, "p_wald"], expected.p_wald, rtol=1e-8)
+        np.testing.assert_allclose(loco.loc[on.columns, "sigma2_a"], expected.sigma2_a,
+                                   rtol=1e-8)
+
+
+def test_loco_needs_chromosomes_and_no_kinship(study):
+    data, genotypes, kinship = study
+    with pytest.raises(ValueError, match="pass kinship=None"):
+        gwas("y ~ 1 + snp", data, genotypes, kinship, loco=True)
+    with pytest.raises(ValueError, match="needs chromosome labels"):
+        gwas("y ~ 1 + snp", data, genotypes, None, loco=True)
+    with pytest.raises(ValueError, match=r"one label per SNP \(25\); got shape \(3,\)"):
+        gwas("y ~ 1 + snp", data, genotypes, None, loco=True, chromosomes=[1, 2, 3])
+
+
+def test_loco_with_interleaved_chromosomes_reads_the_right_columns():
+    from emlmm.datasets import load_lab
+
+    lab = load_lab()
+    data = lab.phenotype.to_frame()
+    order = np.random.default_rng(2).permutation(300)  # 300 SNPs, chromosomes interleaved
+    shuffled = lab.genotypes.iloc[:, order]
+    chromosome = lab.snps.chr.to_numpy()[order]
+    table = gwas("y ~ 1 + snp", data, shuffled, None, method="fixed", loco=True,
+                 chromosomes=chromosome, chunk_size=16)
+    ordered = np.argsort(order)
+    reference = gwas("y ~ 1 + snp", data, shuffled.iloc[:, ordered], None, method="fixed",
+                     loco=True, chromosomes=chromosome[ordered])
+    assert list(table.index) == list(shuffled.columns)
+    np.testing.assert_allclose(table.loc[reference.index, "p_wald"], reference.p_wald, rtol=1e-9)

@@ -169,6 +169,9 @@ def gwas(
     True
     """
     report = _progress_bar if progress is True else (progress or None)
+    tables: list[pd.DataFrame] = []
+    # _prepare_scan is called from this frame (not a comprehension or generator), so
+    # eval_env=1 is gwas()'s caller on every Python version.
     if loco:
         if kinship is not None:
             raise ValueError(
@@ -177,38 +180,31 @@ def gwas(
             )
         check_formula_inputs(formula, data)
         aligned = _align_genotypes(genotypes, data.index, data.index, chromosomes)
-        scans = [
-            _prepare_scan(
+        snp_order = aligned.snps.index
+        # One chromosome at a time, so only one eigendecomposition is held in memory.
+        for part, part_kinship in _leave_one_chromosome_out(aligned, data.index):
+            prepared = _prepare_scan(
                 formula, data, part, part_kinship, method, chunk_size, maxiter, tol, eval_env=1
             )
-            for part, part_kinship in _leave_one_chromosome_out(aligned, data.index)
-        ]
+            tables.extend(prepared.run(client, report))
     else:
-        scans = [
-            _prepare_scan(
-                formula,
-                data,
-                genotypes,
-                kinship,
-                method,
-                chunk_size,
-                maxiter,
-                tol,
-                eval_env=1,
-                chromosomes=chromosomes,
-            )
-        ]
-    tables = []
-    for prepared in scans:
-        if client is None:
-            tables.extend(prepared.tables(progress=report))
-        else:
-            tables.extend(prepared.distributed_tables(client, progress=report))
+        prepared = _prepare_scan(
+            formula,
+            data,
+            genotypes,
+            kinship,
+            method,
+            chunk_size,
+            maxiter,
+            tol,
+            eval_env=1,
+            chromosomes=chromosomes,
+        )
+        snp_order = prepared.aligned.snps.index
+        tables.extend(prepared.run(client, report))
     if not tables:
-        return pd.DataFrame(columns=COLUMNS, index=scans[0].aligned.snps.index)
-    result = pd.concat(tables)
-    if loco:
-        result = result.loc[aligned.snps.index]
+        return pd.DataFrame(columns=COLUMNS, index=snp_order)
+    result = pd.concat(tables).loc[snp_order]
     failed = int((~result.converged & (result.note == "")).sum())
     if failed:
         warnings.warn(
@@ -239,6 +235,12 @@ class _PreparedScan:
             yield self._labelled(first, stop, self.scanner.scan(block))
             if progress is not None:
                 progress(stop, self.n_snps)
+
+    def run(self, client: Any, progress: ProgressCallback | None) -> Iterator[pd.DataFrame]:
+        """The chunks' tables, tested here or, given a Dask client, on its workers."""
+        if client is None:
+            return self.tables(progress=progress)
+        return self.distributed_tables(client, progress=progress)
 
     def distributed_tables(
         self, client: Any, progress: ProgressCallback | None = None

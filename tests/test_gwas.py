@@ -272,3 +272,17 @@ def test_loco_with_interleaved_chromosomes_reads_the_right_columns():
                      loco=True, chromosomes=chromosome[ordered])
     assert list(table.index) == list(shuffled.columns)
     np.testing.assert_allclose(table.loc[reference.index, "p_wald"], reference.p_wald, rtol=1e-9)
+
+
+def test_loco_formula_sees_the_callers_namespace():
+    from emlmm.datasets import load_lab
+
+    lab = load_lab()
+    data = lab.phenotype.to_frame()
+
+    def shifted(values):
+        return values + 1.0
+
+    table = gwas("shifted(y) ~ 1 + snp", data, lab.genotypes.iloc[:, :40], None,
+                 method="fixed", loco=True, chromosomes=[1] * 20 + [2] * 20)
+    assert table.p_wald.notna().all()

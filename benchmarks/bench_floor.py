@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sim import grm, simulate_genotypes, simulate_phenotype  # noqa: E402
+from _sim import grm, simulate_genotypes, simulate_phenotype
 
-import emlmm  # noqa: E402
+import emlmm
 
 
 def main() -> None:
@@ -35,10 +35,14 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="cProfile the exact scan once")
-    parser.add_argument("--chunk-size", type=int, default=None, help="gwas chunk_size (default: emlmm's)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="gwas chunk_size (default: emlmm's)"
+    )
     args = parser.parse_args()
-    print(f"n = {args.n}, m = {args.m}, chunk_size = {args.chunk_size}, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, load {os.getloadavg()}")
+    print(
+        f"n = {args.n}, m = {args.m}, chunk_size = {args.chunk_size}, OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, load {os.getloadavg()}"
+    )
     rng = np.random.default_rng(7)
     genotypes, p = simulate_genotypes(args.n, args.m, rng)
     y = simulate_phenotype(grm(genotypes, p), 0.5, rng)
@@ -55,12 +59,13 @@ def main() -> None:
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            emlmm.gwas("y ~ 1 + snp", data, genotypes, kinship, method=method,
-                       chunk_size=args.chunk_size)
+            emlmm.gwas(
+                "y ~ 1 + snp", data, genotypes, kinship, method=method, chunk_size=args.chunk_size
+            )
         return time.perf_counter() - t
 
     times: dict[str, list[float]] = {"floor": [], "exact": [], "fixed": []}
-    for _ in range(args.repeats):   # interleaved, so load changes hit all alike
+    for _ in range(args.repeats):  # interleaved, so load changes hit all alike
         for name in times:
             times[name].append(floor() if name == "floor" else scan(name))
             print(f"  {name:5s}: {times[name][-1]:.2f} s (load {os.getloadavg()[0]:.2f})")
@@ -68,8 +73,10 @@ def main() -> None:
     t = time.perf_counter()
     np.linalg.eigh(kinship)
     eig = time.perf_counter() - t
-    print(f"best of {args.repeats}: floor {best['floor']:.2f} s (eigh alone {eig:.2f} s), "
-          f"exact {best['exact']:.2f} s, fixed {best['fixed']:.2f} s")
+    print(
+        f"best of {args.repeats}: floor {best['floor']:.2f} s (eigh alone {eig:.2f} s), "
+        f"exact {best['exact']:.2f} s, fixed {best['fixed']:.2f} s"
+    )
     print(f"ratio exact / floor = {best['exact'] / best['floor']:.2f}  (target <= 2)")
     print(f"ratio fixed / floor = {best['fixed'] / best['floor']:.2f}")
     print(f"load {os.getloadavg()}")

@@ -42,7 +42,7 @@ def simulate(workdir: Path, n: int, m: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     genotypes, p = simulate_genotypes(n, m, rng)
     y = simulate_phenotype(grm(genotypes, p), 0.5, rng)
-    causal = rng.choice(m, size=20, replace=False)          # some real signals
+    causal = rng.choice(m, size=20, replace=False)  # some real signals
     y = y + genotypes[:, causal] @ rng.normal(0, 1.5, size=20)
     prefix = workdir / "P"
     write_plink(prefix, genotypes, phenotypes=[f"{v:.10g}" for v in y])
@@ -66,10 +66,12 @@ def agreement(name: str, ours: pd.Series, theirs: pd.Series) -> None:
     rel = (joined.a - joined.b).abs() / joined.b
     log_diff = (np.log10(joined.a) - np.log10(joined.b)).abs()
     small = joined.b < 1e-3
-    print(f"  {name:34s}: {len(joined)} SNPs, max rel diff {rel.max():.2e} (median "
-          f"{rel.median():.2e}), max |d -log10 p| {log_diff.max():.2e}; min p {joined.b.min():.2e}"
-          f"; {int(small.sum())} SNPs with p < 1e-3, max rel diff there "
-          f"{rel[small].max() if small.any() else float('nan'):.2e}")
+    print(
+        f"  {name:34s}: {len(joined)} SNPs, max rel diff {rel.max():.2e} (median "
+        f"{rel.median():.2e}), max |d -log10 p| {log_diff.max():.2e}; min p {joined.b.min():.2e}"
+        f"; {int(small.sum())} SNPs with p < 1e-3, max rel diff there "
+        f"{rel[small].max() if small.any() else float('nan'):.2e}"
+    )
 
 
 def main() -> None:
@@ -84,8 +86,10 @@ def main() -> None:
         raise SystemExit("gemma is not installed (apt-get install -y gemma); skipping")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"n = {args.n}, m = {args.m}, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, load {os.getloadavg()}")
+    print(
+        f"n = {args.n}, m = {args.m}, OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, load {os.getloadavg()}"
+    )
 
     t = time.perf_counter()
     prefix = simulate(workdir, args.n, args.m, args.seed)
@@ -107,14 +111,27 @@ def main() -> None:
         seconds = time.perf_counter() - t
         ours[method + "_s"] = seconds
         res = ours[method]
-        print(f"  gwas method={method}: {seconds:.2f} s ({len(res)} SNPs, max n_iter "
-              f"{int(res.n_iter.max())}, not converged {int((~res.converged).sum())}) load {load()}")
+        print(
+            f"  gwas method={method}: {seconds:.2f} s ({len(res)} SNPs, max n_iter "
+            f"{int(res.n_iter.max())}, not converged {int((~res.converged).sum())}) load {load()}"
+        )
 
     cli = {}
     if not args.skip_cli:
         for method in ("exact", "fixed"):
-            cmd = ["emlmm", "gwas", "--bfile", "P", "--kinship", "K.txt", "--out",
-                   f"emlmm_{method}.tsv", "--method", method, "--quiet"]
+            cmd = [
+                "emlmm",
+                "gwas",
+                "--bfile",
+                "P",
+                "--kinship",
+                "K.txt",
+                "--out",
+                f"emlmm_{method}.tsv",
+                "--method",
+                method,
+                "--quiet",
+            ]
             t = time.perf_counter()
             subprocess.run(cmd, cwd=workdir, check=True, capture_output=True)
             cli[method] = time.perf_counter() - t
@@ -137,8 +154,10 @@ def main() -> None:
     agreement("fixed p_wald vs -lmm 4 p_wald (EMMAX)", fixed.p_wald, gemma4.p_wald)
     agreement("fixed p_score vs -lmm 4 p_score", fixed.p_score, gemma4.p_score)
     beta = pd.concat([exact.beta, gemma4.beta], axis=1, join="inner").dropna()
-    print(f"  |beta| max rel diff (sign ignored; allele coding may differ): "
-          f"{((beta.iloc[:, 0].abs() - beta.iloc[:, 1].abs()).abs() / beta.iloc[:, 1].abs()).max():.2e}")
+    print(
+        f"  |beta| max rel diff (sign ignored; allele coding may differ): "
+        f"{((beta.iloc[:, 0].abs() - beta.iloc[:, 1].abs()).abs() / beta.iloc[:, 1].abs()).max():.2e}"
+    )
     print(f"SNPs: emlmm {len(exact)}, GEMMA {len(gemma2)}; load {os.getloadavg()}")
 
 

@@ -19,15 +19,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sim import grm, simulate_genotypes, simulate_phenotype  # noqa: E402
+from _sim import grm, simulate_genotypes, simulate_phenotype
 
-_CODE = np.array([3, 2, 0], dtype=np.uint8)   # 0 copies of A1 -> 11, 1 -> 10, 2 -> 00
+_CODE = np.array([3, 2, 0], dtype=np.uint8)  # 0 copies of A1 -> 11, 1 -> 10, 2 -> 00
 
 
 def bed_bytes(block: np.ndarray) -> bytes:
     """SNP-major .bed bytes for an n x k block of 0/1/2 (A1 counts), no missing."""
     n, k = block.shape
-    codes = _CODE[block.astype(np.intp)].T                  # k x n
+    codes = _CODE[block.astype(np.intp)].T  # k x n
     padded = np.zeros((k, -(-n // 4) * 4), dtype=np.uint8)
     padded[:, :n] = codes
     quads = padded.reshape(k, -1, 4)
@@ -45,20 +45,25 @@ def write(prefix: str, n: int, m: int, chunk: int, seed: int) -> None:
             block, p = simulate_genotypes(n, k, rng)
             if start == 0:
                 import emlmm
+
                 kinship = emlmm.kinship(block)
                 np.savetxt(prefix + ".K.txt", kinship, fmt="%.15g", delimiter="\t")
                 y = simulate_phenotype(grm(block, p), 0.5, rng)
             bed.write(bed_bytes(block))
-            bim.writelines(f"1\trs{j + 1}\t0\t{1000 * (j + 1)}\tA\tG\n"
-                           for j in range(start, start + k))
+            bim.writelines(
+                f"1\trs{j + 1}\t0\t{1000 * (j + 1)}\tA\tG\n" for j in range(start, start + k)
+            )
     with open(prefix + ".fam", "w") as fam:
         fam.writelines(f"f{i + 1}\ts{i + 1}\t0\t0\t0\t{y[i]:.10g}\n" for i in range(n))
-    print(f"wrote {prefix}.bed/.bim/.fam ({n} x {m}) and {prefix}.K.txt in "
-          f"{time.perf_counter() - t:.1f} s")
+    print(
+        f"wrote {prefix}.bed/.bim/.fam ({n} x {m}) and {prefix}.K.txt in "
+        f"{time.perf_counter() - t:.1f} s"
+    )
 
 
 def check(tmpdir: str) -> None:
     from bed_reader import open_bed
+
     rng = np.random.default_rng(0)
     block = rng.integers(0, 3, size=(7, 5)).astype(float)
     prefix = os.path.join(tmpdir, "check")

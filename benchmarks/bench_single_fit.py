@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sim import related_data  # noqa: E402
-from lab_dense import em_algorithm  # noqa: E402
+from _sim import related_data
+from lab_dense import em_algorithm
 
-from emlmm import EMLMM  # noqa: E402
+from emlmm import EMLMM
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -48,7 +48,7 @@ def best_time(func, repeats):
 
 
 VARIANTS = {
-    "accelerated": dict(),                               # the default fit
+    "accelerated": dict(),  # the default fit
     "em": dict(method="em"),
     "em, lab start": dict(method="em", start_params="lab"),
     "lab (lab rule)": dict(method="lab", start_params="lab"),
@@ -73,8 +73,10 @@ def main() -> None:
         for name, kw in VARIANTS.items():
             seconds, res = best_time(lambda kw=kw: fit_emlmm(y, kinship, **kw), repeats)
             em_times[name] = (seconds, res)
-            print(f"emlmm {name:15s}: {seconds * 1e3:9.2f} ms  n_iter {int(res._results.n_iter) if np.ndim(res._results.n_iter)==0 else res._results.n_iter}"
-                  f"  llf {res.llf:.6f}  s2a {res.sigma2_a:.4f}  s2e {res.sigma2_e:.4f}")
+            print(
+                f"emlmm {name:15s}: {seconds * 1e3:9.2f} ms  n_iter {int(res._results.n_iter) if np.ndim(res._results.n_iter) == 0 else res._results.n_iter}"
+                f"  llf {res.llf:.6f}  s2a {res.sigma2_a:.4f}  s2e {res.sigma2_e:.4f}"
+            )
         iters_lab = int(np.ravel(em_times["lab (lab rule)"][1]._results.n_iter)[0])
         iters_em = int(np.ravel(em_times["em, lab start"][1]._results.n_iter)[0])
         X = np.ones((n, 1))
@@ -85,34 +87,52 @@ def main() -> None:
             dense_total = time.perf_counter() - t
             per_iter = float(np.mean(dense["iter_times"]))
             llf_last = dense["trace"][-1] + const
-            print(f"dense port (to convergence): {dense_total:.3f} s, {dense['n_updates']} EM "
-                  f"updates, {per_iter * 1e3:.2f} ms/iter, setup {dense['setup_time'] * 1e3:.1f} ms")
-            print(f"  dense llf after last update (+ -n/2 log 2pi) {llf_last:.6f}, "
-                  f"returned log_L (R: value before last update) {dense['log_L'] + const:.6f}, "
-                  f"s2a {dense['sigma_sq_a']:.4f} s2e {dense['sigma_sq_e']:.4f}")
+            print(
+                f"dense port (to convergence): {dense_total:.3f} s, {dense['n_updates']} EM "
+                f"updates, {per_iter * 1e3:.2f} ms/iter, setup {dense['setup_time'] * 1e3:.1f} ms"
+            )
+            print(
+                f"  dense llf after last update (+ -n/2 log 2pi) {llf_last:.6f}, "
+                f"returned log_L (R: value before last update) {dense['log_L'] + const:.6f}, "
+                f"s2a {dense['sigma_sq_a']:.4f} s2e {dense['sigma_sq_e']:.4f}"
+            )
             lab_res = em_times["lab (lab rule)"][1]
             em_res = em_times["em, lab start"][1]
-            print(f"  check vs emlmm method='lab': updates {dense['n_updates']} vs n_iter {iters_lab}; "
-                  f"llf diff {llf_last - lab_res.llf:.2e}; s2a diff {dense['sigma_sq_a'] - lab_res.sigma2_a:.2e}")
-            print(f"  check vs emlmm method='em' (lab start): n_iter {iters_em}; "
-                  f"llf diff {llf_last - em_res.llf:.2e} (em runs on to the maximum)")
+            print(
+                f"  check vs emlmm method='lab': updates {dense['n_updates']} vs n_iter {iters_lab}; "
+                f"llf diff {llf_last - lab_res.llf:.2e}; s2a diff {dense['sigma_sq_a'] - lab_res.sigma2_a:.2e}"
+            )
+            print(
+                f"  check vs emlmm method='em' (lab start): n_iter {iters_em}; "
+                f"llf diff {llf_last - em_res.llf:.2e} (em runs on to the maximum)"
+            )
             # Does method='em' follow the same path? Compare the llf traces.
-            hist = np.asarray(em_res._results.llf_history) if hasattr(em_res._results, "llf_history") else None
+            hist = (
+                np.asarray(em_res._results.llf_history)
+                if hasattr(em_res._results, "llf_history")
+                else None
+            )
             if hist is not None:
                 k = min(len(hist), len(dense["trace"]))
-                print(f"  path: max |dense trace - em trace| over first {k} iterates "
-                      f"{np.max(np.abs(np.asarray(dense['trace'][:k]) + const - hist[:k])):.2e}")
+                print(
+                    f"  path: max |dense trace - em trace| over first {k} iterates "
+                    f"{np.max(np.abs(np.asarray(dense['trace'][:k]) + const - hist[:k])):.2e}"
+                )
             note = "measured"
         else:
             dense = em_algorithm(y, X, kinship, max_iter=args.dense_iters)
             per_iter = float(np.mean(dense["iter_times"]))
             dense_total = dense["setup_time"] + per_iter * iters_lab
-            print(f"dense port: {args.dense_iters} iterations timed: "
-                  f"{', '.join(f'{s:.2f}' for s in dense['iter_times'])} s; setup "
-                  f"{dense['setup_time']:.2f} s; x {iters_lab} updates (emlmm method='lab') "
-                  f"= {dense_total:.1f} s estimated")
-            print(f"  (x {iters_em} iterations of method='em' would be "
-                  f"{dense['setup_time'] + per_iter * iters_em:.1f} s)")
+            print(
+                f"dense port: {args.dense_iters} iterations timed: "
+                f"{', '.join(f'{s:.2f}' for s in dense['iter_times'])} s; setup "
+                f"{dense['setup_time']:.2f} s; x {iters_lab} updates (emlmm method='lab') "
+                f"= {dense_total:.1f} s estimated"
+            )
+            print(
+                f"  (x {iters_em} iterations of method='em' would be "
+                f"{dense['setup_time'] + per_iter * iters_em:.1f} s)"
+            )
             note = "estimated"
         for name, (seconds, _) in em_times.items():
             print(f"  speed-up dense ({note}) / emlmm {name:15s}: {dense_total / seconds:10.0f}x")
@@ -126,11 +146,24 @@ def main() -> None:
         rows = []
         for name, kw in (("em", dict(method="em")), ("accelerated", dict())):
             seconds, res = best_time(lambda kw=kw: fit_emlmm(y, kinship, **kw), 3)
-            rows.append((name, seconds, int(np.ravel(res._results.n_iter)[0]), res.llf, res.sigma2_a, res.sigma2_e))
-            print(f"h2 = {h2}: {name:11s} {seconds * 1e3:9.2f} ms  n_iter {rows[-1][2]:6d}  "
-                  f"llf {res.llf:.8f}  s2a {res.sigma2_a:.4f}  s2e {res.sigma2_e:.4f}")
-        print(f"h2 = {h2}: em / accelerated: time {rows[0][1] / rows[1][1]:.1f}x, "
-              f"iterations {rows[0][2] / rows[1][2]:.1f}x, llf diff {rows[0][3] - rows[1][3]:.2e}")
+            rows.append(
+                (
+                    name,
+                    seconds,
+                    int(np.ravel(res._results.n_iter)[0]),
+                    res.llf,
+                    res.sigma2_a,
+                    res.sigma2_e,
+                )
+            )
+            print(
+                f"h2 = {h2}: {name:11s} {seconds * 1e3:9.2f} ms  n_iter {rows[-1][2]:6d}  "
+                f"llf {res.llf:.8f}  s2a {res.sigma2_a:.4f}  s2e {res.sigma2_e:.4f}"
+            )
+        print(
+            f"h2 = {h2}: em / accelerated: time {rows[0][1] / rows[1][1]:.1f}x, "
+            f"iterations {rows[0][2] / rows[1][2]:.1f}x, llf diff {rows[0][3] - rows[1][3]:.2e}"
+        )
     print(f"load: {os.getloadavg()}")
 
 

@@ -52,8 +52,9 @@ def em_algorithm(Y, X_j, A, tol=1e-5, max_iter=None, on_iteration=None):
         alpha = S @ (Y - X_j @ beta)
         V = S * sigma_sq_e
         beta = ginv(X_j.T @ X_j) @ X_j.T @ (Y - alpha)
-        sigma_sq_a = float(1 / n * ((alpha.T @ solve_A @ alpha)[0, 0]
-                                    + np.sum(np.diag(solve_A @ V))))
+        sigma_sq_a = float(
+            1 / n * ((alpha.T @ solve_A @ alpha)[0, 0] + np.sum(np.diag(solve_A @ V)))
+        )
         resid = Y - X_j @ beta - alpha
         sigma_sq_e = float(1 / n * ((resid.T @ resid)[0, 0] + np.sum(np.diag(V))))
         C = A * sigma_sq_a + I * sigma_sq_e
@@ -68,8 +69,14 @@ def em_algorithm(Y, X_j, A, tol=1e-5, max_iter=None, on_iteration=None):
         if max_iter is not None and len(log_L) - 1 >= max_iter:
             break
     return {
-        "beta": beta[:, 0], "sigma_sq_a": sigma_sq_a, "sigma_sq_e": sigma_sq_e,
+        "beta": beta[:, 0],
+        "sigma_sq_a": sigma_sq_a,
+        "sigma_sq_e": sigma_sq_e,
         # The R function returns log_L[iter - 1], the value *before* the last update.
-        "log_L": log_L[-2], "trace": log_L, "n_updates": len(log_L) - 1,
-        "converged": converged, "setup_time": setup_time, "iter_times": iter_times,
+        "log_L": log_L[-2],
+        "trace": log_L,
+        "n_updates": len(log_L) - 1,
+        "converged": converged,
+        "setup_time": setup_time,
+        "iter_times": iter_times,
     }

@@ -1,14 +1,14 @@
 """The command line, end to end, on the bundled data and on PLINK files made here."""
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
+from plink_fixtures import write_plink
 
-import dense
 from emlmm import gwas, kinship
 from emlmm.__main__ import main
 from emlmm.io import read_plink
-from plink_fixtures import write_plink
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,6 @@ def test_kinship_command_then_gwas_with_that_kinship(plink_study, capsys):
 def test_gwas_command_reports_a_kinship_of_the_wrong_size(plink_study, tmp_path):
     prefix, _ = plink_study
     np.savetxt(tmp_path / "K.txt", np.eye(10))
-    with pytest.raises(SystemExit, match="has 10 rows but the .fam file has 90 individuals"):
+    with pytest.raises(SystemExit, match=r"has 10 rows but the \.fam file has 90 individuals"):
         main(["gwas", "--bfile", str(prefix), "--kinship", str(tmp_path / "K.txt"),
               "--out", str(tmp_path / "x.tsv")])

@@ -137,7 +137,8 @@ def test_missing_values_without_drop_are_an_error(small):
 def test_collinear_covariates_are_named(small):
     df, kinship = small
     df = df.assign(x2=2 * df.x - df.z)
-    with pytest.raises(ValueError, match=r"rank deficient \(rank 3 < 5 columns\): 'x2', 'I\(x \+ 1\)' are"):
+    message = r"rank deficient \(rank 3 < 5 columns\): 'x2', 'I\(x \+ 1\)' are"
+    with pytest.raises(ValueError, match=message):
         EMLMM.from_formula("y ~ x + z + x2 + I(x + 1)", data=df, kinship=kinship)
 
 

@@ -1,11 +1,11 @@
 """GWAS scans against per-SNP EMLMM fits, dense references and edge cases."""
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-import dense
 from emlmm import EMLMM, gwas
 
 
@@ -53,7 +53,7 @@ def test_p_lrt_equals_separate_fits_compared_by_lr_test(study, exact):
     for snp in genotypes.columns:
         frame = data.assign(snp=imputed(genotypes, snp))
         full = EMLMM.from_formula("y ~ 1 + age + snp", data=frame, kinship=kinship).fit()
-        lr_stat, p_value, df_diff = full.compare_lr_test(null)
+        _, p_value, df_diff = full.compare_lr_test(null)
         assert df_diff == 1
         assert exact.loc[snp, "p_lrt"] == pytest.approx(p_value, rel=1e-6)
         assert exact.loc[snp, "llf"] == pytest.approx(full.llf, rel=1e-10)
@@ -206,9 +206,10 @@ def test_formula_must_have_a_snp_term_alone(study):
 
 
 def test_plink_genotypes_equal_the_lab_text_genotypes_and_scan_alike(tmp_path):
+    from plink_fixtures import write_plink
+
     from emlmm import read_lab, read_plink
     from emlmm.datasets import lab_files, load_lab
-    from plink_fixtures import write_plink
 
     paths = lab_files()
     text = read_lab(paths["X"], paths["Y"], paths["A"])

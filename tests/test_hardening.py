@@ -1,16 +1,16 @@
 """Bad input gets a clear error; numeric edge cases are handled on purpose; long scans
 lose nothing."""
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
+from plink_fixtures import write_plink
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-import dense
 from emlmm import EMLMM, gwas
 from emlmm.__main__ import main
 from emlmm.gwas import _Scanner
-from plink_fixtures import write_plink
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_gwas_arguments_of_the_wrong_type_or_value(trio, options, error, message
 
 def test_non_numeric_design_is_a_type_error(trio):
     data, _, kinship = trio
-    with pytest.raises(TypeError, match="exog must be numeric; column.* 'group'"):
+    with pytest.raises(TypeError, match=r"exog must be numeric; column.* 'group'"):
         EMLMM(data.y, data[["x"]].assign(group="a"), kinship)
 
 
@@ -118,8 +118,8 @@ def test_non_numeric_design_is_a_type_error(trio):
 @pytest.mark.parametrize("scale", [1.0, 3.5])
 def test_identity_kinship_is_not_identifiable(trio, scale):
     data, _, _ = trio
-    with pytest.raises(ValueError, match="proportional to the identity .* not separately "
-                                         "identifiable"):
+    with pytest.raises(ValueError, match=r"proportional to the identity .* not separately "
+                                         r"identifiable"):
         EMLMM.from_formula("y ~ x", data, kinship=scale * np.eye(40))
 
 

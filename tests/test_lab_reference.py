@@ -7,12 +7,12 @@ constant -n/2 log(2 pi) from its log-likelihood; emlmm includes it.
 
 from pathlib import Path
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
 from statsmodels.tools.sm_exceptions import ModelWarning
 
-import dense
 from emlmm import EMLMM, gwas
 from emlmm.datasets import load_lab
 
@@ -51,7 +51,7 @@ def test_lab_method_stops_where_the_lab_stops_with_its_estimates(lab, r_trace):
     np.testing.assert_allclose(result.llf_history + lab_constant(result.nobs), r_trace.loglik,
                                rtol=1e-12)
     null_line = (RESULTS / "lab_null.txt").read_text().split()
-    r_values = dict(zip(null_line[1::2], map(float, null_line[2::2])))
+    r_values = dict(zip(null_line[1::2], map(float, null_line[2::2]), strict=True))
     assert result.sigma2_a == pytest.approx(r_values["s2a"], rel=1e-6)  # R printed 7 digits
     assert result.sigma2_e == pytest.approx(r_values["s2e"], rel=1e-6)
     assert int(r_values["iters"]) == len(r_trace)
@@ -112,7 +112,7 @@ def test_singular_kinship_lab_method_is_the_labs_and_em_is_maximum_likelihood():
     np.testing.assert_allclose(lab_fit.llf_history + lab_constant(len(y)), trace.loglik,
                                rtol=1e-10)
     null_line = (RESULTS / "singular_null.txt").read_text().split()
-    r_values = dict(zip(null_line[1::2], map(float, null_line[2::2])))
+    r_values = dict(zip(null_line[1::2], map(float, null_line[2::2]), strict=True))
     assert lab_fit.sigma2_a == pytest.approx(r_values["s2a"], rel=1e-6)
     ml_fit = model.fit()
     oracle = dense.maximise(y, np.ones((len(y), 1)), kinship, start=(10.0, 10.0))

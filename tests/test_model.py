@@ -3,6 +3,7 @@
 import re
 import warnings
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,6 @@ import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 
-import dense
 from emlmm import EMLMM, EMLMMResults
 
 FORMULA = "y ~ 1 + x + sex"

@@ -1,12 +1,12 @@
 """Properties that must hold for any data (hypothesis generates the data sets)."""
 
+import dense
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dense
 from emlmm import EMLMM, gwas
 
 SETTINGS = settings(max_examples=15, deadline=None,

@@ -51,7 +51,10 @@ PROJECTS: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
         "https://docs.scipy.org/doc/scipy/",
         "1",
         {
-            "scipy.stats.chi2": ("data", "reference/generated/scipy.stats.chi2.html#scipy.stats.chi2"),
+            "scipy.stats.chi2": (
+                "data",
+                "reference/generated/scipy.stats.chi2.html#scipy.stats.chi2",
+            ),
             "scipy.stats.f": ("data", "reference/generated/scipy.stats.f.html#scipy.stats.f"),
         },
     ),

@@ -171,10 +171,6 @@ def check_design(
     endog: NDArray[np.float64], exog: NDArray[np.float64], exog_names: Sequence[str]
 ) -> None:
     """Reject a response or design that no fit can use, saying why."""
-    if endog.shape[0] == 0:
-        raise ValueError(
-            "no observations left: every row has a missing value in the response or a covariate"
-        )
     for name, array in (("endog", endog), ("exog", exog)):
         rows = _non_finite_rows(array)
         if rows.size:

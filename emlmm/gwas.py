@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from emlmm import _em
+from emlmm import _em, _scan
 from emlmm._data import check_choice, check_count, check_formula_inputs, check_positive
 from emlmm.kinship import kinship_sum
 from emlmm.model import EMLMM
@@ -459,7 +459,16 @@ def _positions(available: pd.Index, wanted: pd.Index, what: str) -> NDArray[np.i
 
 
 class _Scanner:
-    """Per-chunk statistics given the null model, fitted once."""
+    """Per-chunk statistics given the null model, fitted once.
+
+    Each SNP's ML and REML fits are Newton iterations on the variance ratio
+    (:mod:`emlmm._scan`), warm-started from the null model's EM estimates; a SNP
+    Newton leaves unconverged (a boundary with sigma2_e = 0, say) is fitted by
+    batched EM (:func:`emlmm._em.fit_em`) instead.
+    """
+
+    #: SNPs solved together: their ``k x n`` work arrays then stay in cache.
+    BLOCK_ELEMENTS = 1 << 19
 
     def __init__(self, null: EMLMM, method: ScanMethod, maxiter: int, tol: float) -> None:
         self.method, self.maxiter, self.tol = method, maxiter, tol
@@ -468,6 +477,14 @@ class _Scanner:
         self.null_ml = null.fit()._results._estimate
         self.null_reml = null.fit(reml=True)._results._estimate
         self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
+        reml = self.null_reml
+        self.null_reml_variances = _em.marginal_variances(
+            self.null_data, reml.sigma2_a, reml.sigma2_e
+        )
+        null_fixed = _em.Estimate.of(
+            _em.gls(self.null_data, self.null_reml_variances)[0], reml.sigma2_a, reml.sigma2_e
+        )
+        self.null_fixed_llf = float(_em.log_likelihood(self.null_data, null_fixed))
 
     def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
         n_miss = np.isnan(block).sum(axis=0)
@@ -478,24 +495,33 @@ class _Scanner:
         table["af"], table["n_miss"] = means / 2.0, n_miss
         table["n_iter"], table["converged"], table["note"] = 0, False, ""
         imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
-        rotated = self.spectrum.rotate(imputed)
+        # (U'G)', one row per SNP: per-SNP sums then run along contiguous memory.
+        rotated = imputed.T @ self.spectrum.eigenvectors
         notes = self._notes(block, observed, rotated)
         table["note"] = notes
         good = np.nonzero(notes == "")[0]
-        try:
-            groups = [(good, self._statistics(rotated[:, good]))] if good.size else []
-        except Exception:
-            # Something failed for the chunk as a whole: redo it SNP by SNP, so that
-            # a failure stays in the row of the SNP that caused it.
-            groups = []
-            for j in good:
-                try:
-                    groups.append((np.array([j]), self._statistics(rotated[:, [j]])))
-                except Exception as exc:
-                    table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
+        step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
+        groups: list[tuple[NDArray[np.intp], dict[str, NDArray[Any]]]] = []
+        for first in range(0, good.size, step):
+            rows = good[first : first + step]
+            try:
+                groups.append((rows, self._statistics(rotated[rows])))
+            except Exception:
+                # Something failed for the block as a whole: redo it SNP by SNP, so
+                # that a failure stays in the row of the SNP that caused it.
+                for j in rows:
+                    try:
+                        groups.append((np.array([j]), self._statistics(rotated[[j]])))
+                    except Exception as exc:
+                        table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
+        columns: dict[str, NDArray[Any]] = {}
         for rows, statistics in groups:
             for column, values in statistics.items():
-                table.loc[rows, column] = values
+                if column not in columns:
+                    columns[column] = table[column].to_numpy(copy=True)
+                columns[column][rows] = values
+        for column, values in columns.items():
+            table[column] = values
         return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
 
     def _notes(
@@ -505,56 +531,64 @@ class _Scanner:
             spread = np.nanmax(block, axis=0, initial=-np.inf) - np.nanmin(
                 block, axis=0, initial=np.inf
             )
-        covariates = self.null_data.exog
-        resid = rotated - covariates @ (self.null_data.exog_pinv @ rotated)
-        collinear = np.linalg.norm(resid, axis=0) <= 1e-8 * np.maximum(
-            np.linalg.norm(rotated, axis=0), 1e-300
-        )
+        collinear = self._collinear(rotated)
         return np.select(
             [observed == 0, spread == 0, collinear],
             ["all genotypes missing", "monomorphic", "collinear with the covariates"],
             "",
         )
 
+    def _collinear(self, rotated: NDArray[np.float64]) -> NDArray[np.bool_]:
+        """Which SNPs (rows of ``rotated``) lie in the covariates' column space.
+
+        The residual's squared norm is first taken as a difference of squares,
+        cheaply; only SNPs where that is too small to trust get the residual itself.
+        """
+        covariates = self.null_data.exog
+        coefficients = rotated @ self.null_data.exog_pinv.T
+        sizes = np.einsum("kn,kn->k", rotated, rotated)
+        fitted = np.einsum("ki,ij,kj->k", coefficients, covariates.T @ covariates, coefficients)
+        collinear = np.zeros(rotated.shape[0], dtype=bool)
+        close = np.nonzero(sizes - fitted <= 1e-6 * sizes)[0]
+        if close.size:
+            resid = rotated[close] - coefficients[close] @ covariates.T
+            collinear[close] = np.linalg.norm(resid, axis=1) <= 1e-8 * np.maximum(
+                np.sqrt(sizes[close]), 1e-300
+            )
+        return collinear
+
     def _statistics(self, rotated: NDArray[np.float64]) -> dict[str, NDArray[Any]]:
+        """Statistics for SNPs given as rows of ``rotated`` (``k x n``, rotated)."""
         null = self.null_data
-        k, (n, p) = rotated.shape[1], (null.nobs, null.k_exog + 1)
-        designs = np.concatenate(
-            [np.broadcast_to(null.exog, (k, n, p - 1)), rotated.T[:, :, None]], axis=2
-        )
-        data = _em.RotatedData.build(null.endog, designs, null.eigenvalues)
+        batch = _scan.SnpBatch(null.exog, null.endog, rotated, null.eigenvalues)
+        k, n, p = rotated.shape[0], batch.nobs, batch.k_exog
         result = {"p_score": self._score_pvalues(rotated)}
         if self.method == "fixed":
-            variances = _em.marginal_variances(
-                data, self.null_reml.sigma2_a, self.null_reml.sigma2_e
+            sigma2_a, sigma2_e = float(self.null_reml.sigma2_a), float(self.null_reml.sigma2_e)
+            fit = _scan.profile(
+                batch, np.full(k, sigma2_a / sigma2_e), reml=True, derivatives=False
             )
-            beta, cov_beta, _ = _em.gls(data, variances)
-            fixed = _em.Estimate(
-                beta, np.full(k, self.null_reml.sigma2_a), np.full(k, self.null_reml.sigma2_e)
+            beta, cov_beta = fit.beta, sigma2_e * fit.cov_unscaled
+            # r' V^-1 r = rss / sigma2_e, as rss weights by H^-1 = sigma2_e V^-1.
+            llf = -0.5 * (
+                n * _em.LOG_2PI + np.log(self.null_reml_variances).sum() + fit.rss / sigma2_e
             )
-            llf = _em.log_likelihood(data, fixed)
-            null_fixed = _em.Estimate.of(
-                _em.gls(null, variances)[0], self.null_reml.sigma2_a, self.null_reml.sigma2_e
-            )
-            lrt = 2.0 * (llf - _em.log_likelihood(null, null_fixed))
+            lrt = 2.0 * (llf - self.null_fixed_llf)
             result.update(
-                sigma2_a=fixed.sigma2_a,
-                sigma2_e=fixed.sigma2_e,
+                sigma2_a=np.full(k, sigma2_a),
+                sigma2_e=np.full(k, sigma2_e),
                 n_iter=np.zeros(k, int),
                 converged=np.ones(k, bool),
             )
         else:
-            ml = self._fit(data, self.null_ml, reml=False)
-            reml = self._fit(data, self.null_reml, reml=True)
-            llf = _em.log_likelihood(data, ml.estimate)
+            ml = self._fit(batch, self.null_ml, reml=False)
+            reml = self._fit(batch, self.null_reml, reml=True)
+            llf = ml.llf
             lrt = 2.0 * (llf - self.null_llf)
-            variances = _em.marginal_variances(
-                data, reml.estimate.sigma2_a, reml.estimate.sigma2_e
-            )
-            beta, cov_beta, _ = _em.gls(data, variances)
+            beta, cov_beta = reml.beta, reml.cov_beta
             result.update(
-                sigma2_a=ml.estimate.sigma2_a,
-                sigma2_e=ml.estimate.sigma2_e,
+                sigma2_a=ml.sigma2_a,
+                sigma2_e=ml.sigma2_e,
                 n_iter=ml.n_iter,
                 converged=ml.converged & reml.converged,
             )
@@ -571,16 +605,65 @@ class _Scanner:
         )
         return result
 
-    def _fit(self, data: _em.RotatedData, null: _em.Estimate, reml: bool) -> _em.EMTrace:
-        k = data.exog.shape[0]
+    def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
+        """Every SNP's ML (REML) fit: Newton on the ratio, EM where Newton gave up."""
+        start = float(null.sigma2_a / null.sigma2_e) if null.sigma2_e > 0 else np.inf
+        k = batch.snps.shape[0]
+        if np.isfinite(start):
+            newton = _scan.maximise(
+                batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
+            )
+            sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
+            fits = _SnpFits(
+                newton.fit.beta,
+                sigma2_e[:, None, None] * newton.fit.cov_unscaled,
+                sigma2_a,
+                sigma2_e,
+                np.full(k, np.nan) if reml else _scan.criterion(batch, newton.fit, reml),
+                newton.n_iter,
+                newton.converged,
+            )
+            left = np.nonzero(~newton.converged)[0]
+            budget = self.maxiter - _scan.MAX_NEWTON_STEPS
+        else:
+            fits, left, budget = None, np.arange(k), self.maxiter
+        if left.size == 0 or budget <= 0:
+            assert fits is not None
+            return fits
+        em = self._fit_em(batch.take(left), null, reml, budget)
+        return (
+            em if fits is None else fits.updated(left, em, extra_iterations=_scan.MAX_NEWTON_STEPS)
+        )
+
+    def _fit_em(
+        self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int
+    ) -> _SnpFits:
+        """Batched EM from the null model's estimates."""
+        k, n = batch.snps.shape
+        exog = self.null_data.exog
+        designs = np.concatenate(
+            [np.broadcast_to(exog, (k, n, exog.shape[1])), batch.snps[:, :, None]], axis=2
+        )
+        data = _em.RotatedData.build(batch.endog, designs, batch.eigenvalues)
         variances = _em.marginal_variances(data, null.sigma2_a, null.sigma2_e)
         start = _em.Estimate(
-            _em.gls(data, np.broadcast_to(variances, (k, data.nobs)))[0],
+            _em.gls(data, np.broadcast_to(variances, (k, n)))[0],
             np.full(k, null.sigma2_a),
             np.full(k, null.sigma2_e),
         )
-        return _em.fit_em(
-            data, start, reml=reml, maxiter=self.maxiter, tol=self.tol, accelerate=True
+        trace = _em.fit_em(data, start, reml=reml, maxiter=maxiter, tol=self.tol, accelerate=True)
+        estimate = trace.estimate
+        beta, cov_beta, _ = _em.gls(
+            data, _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
+        )
+        return _SnpFits(
+            beta,
+            cov_beta,
+            estimate.sigma2_a,
+            estimate.sigma2_e,
+            np.full(k, np.nan) if reml else _em.log_likelihood(data, estimate),
+            trace.n_iter,
+            trace.converged,
         )
 
     def _score_pvalues(self, rotated: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -588,13 +671,40 @@ class _Scanner:
         null = self.null_data
         variances = _em.marginal_variances(null, self.null_ml.sigma2_a, self.null_ml.sigma2_e)
         _, cov_beta, resid = _em.gls(null, variances)
-        weighted = rotated / variances[:, None]
-        cross = null.exog.T @ weighted
-        p_xy = weighted.T @ resid
-        p_xx = (rotated * weighted).sum(axis=0) - (cross * (cov_beta @ cross)).sum(axis=0)
+        weighted = rotated / variances
+        cross = weighted @ null.exog
+        p_xy = weighted @ resid
+        p_xx = np.einsum("kn,kn->k", rotated, weighted) - np.einsum(
+            "ki,ki->k", cross, cross @ cov_beta
+        )
         p_yy = resid @ (resid / variances)
         statistic = null.nobs * p_xy**2 / (p_yy * p_xx)
         return stats.f.sf(statistic, 1, null.nobs - null.k_exog - 1)
+
+
+@dataclass(frozen=True)
+class _SnpFits:
+    """Each SNP's fit: beta and its covariance, the variances, and (ML fits only; the
+    scan reports no REML criterion) the log-likelihood."""
+
+    beta: NDArray[np.float64]
+    cov_beta: NDArray[np.float64]
+    sigma2_a: NDArray[np.float64]
+    sigma2_e: NDArray[np.float64]
+    llf: NDArray[np.float64]
+    n_iter: NDArray[np.intp]
+    converged: NDArray[np.bool_]
+
+    def updated(self, rows: NDArray[np.intp], other: _SnpFits, extra_iterations: int) -> _SnpFits:
+        """These fits with ``rows`` replaced by ``other``'s (which took ``extra_iterations``
+        more)."""
+        fields = {}
+        for name in self.__dataclass_fields__:
+            values = getattr(self, name).copy()
+            values[rows] = getattr(other, name)
+            fields[name] = values
+        fields["n_iter"][rows] += extra_iterations
+        return _SnpFits(**fields)
 
 
 def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:

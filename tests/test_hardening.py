@@ -167,12 +167,12 @@ def test_a_failing_snp_is_recorded_and_the_scan_goes_on(trio, monkeypatch):
     poisoned = genotypes.copy()
     poisoned["rs3"] = np.tile([0.0, 1.0, 2.0, 2.0], 10)  # the pattern we make fail
 
-    def fragile(self, rotated):
-        if rotated.shape[1] == 1 and np.allclose(
-            self.spectrum.unrotate(rotated)[:4, 0], [0.0, 1.0, 2.0, 2.0]
+    def fragile(self, rotated):  # one rotated SNP per row
+        if rotated.shape[0] == 1 and np.allclose(
+            self.spectrum.unrotate(rotated[0])[:4], [0.0, 1.0, 2.0, 2.0]
         ):
             raise np.linalg.LinAlgError("simulated breakdown")
-        if rotated.shape[1] > 1:
+        if rotated.shape[0] > 1:
             raise np.linalg.LinAlgError("chunk-level breakdown")
         return original(self, rotated)
 

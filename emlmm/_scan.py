@@ -36,6 +36,8 @@ Array = NDArray[np.float64]
 MAX_NEWTON_STEPS = 60
 #: A ratio beyond this means sigma2_e is heading to 0: a boundary EM handles.
 MAX_RATIO = 1e8
+#: Where Newton starts when the null model has sigma2_e = 0 (an infinite ratio).
+LARGE_RATIO = 1e4
 
 
 @dataclass(frozen=True)

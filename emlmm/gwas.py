@@ -607,33 +607,29 @@ class _Scanner:
 
     def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
         """Every SNP's ML (REML) fit: Newton on the ratio, EM where Newton gave up."""
-        start = float(null.sigma2_a / null.sigma2_e) if null.sigma2_e > 0 else np.inf
+        # A null model with sigma2_e = 0 still gives Newton a (large) finite start: a
+        # SNP may bring sigma2_e back, and those that do not run off to EM.
+        start = float(null.sigma2_a / null.sigma2_e) if null.sigma2_e > 0 else _scan.LARGE_RATIO
         k = batch.snps.shape[0]
-        if np.isfinite(start):
-            newton = _scan.maximise(
-                batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
-            )
-            sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
-            fits = _SnpFits(
-                newton.fit.beta,
-                sigma2_e[:, None, None] * newton.fit.cov_unscaled,
-                sigma2_a,
-                sigma2_e,
-                np.full(k, np.nan) if reml else _scan.criterion(batch, newton.fit, reml),
-                newton.n_iter,
-                newton.converged,
-            )
-            left = np.nonzero(~newton.converged)[0]
-            budget = self.maxiter - _scan.MAX_NEWTON_STEPS
-        else:
-            fits, left, budget = None, np.arange(k), self.maxiter
+        newton = _scan.maximise(
+            batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
+        )
+        sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
+        fits = _SnpFits(
+            newton.fit.beta,
+            sigma2_e[:, None, None] * newton.fit.cov_unscaled,
+            sigma2_a,
+            sigma2_e,
+            np.full(k, np.nan) if reml else _scan.criterion(batch, newton.fit, reml),
+            newton.n_iter,
+            newton.converged,
+        )
+        left = np.nonzero(~newton.converged)[0]
+        budget = self.maxiter - _scan.MAX_NEWTON_STEPS
         if left.size == 0 or budget <= 0:
-            assert fits is not None
             return fits
         em = self._fit_em(batch.take(left), null, reml, budget)
-        return (
-            em if fits is None else fits.updated(left, em, extra_iterations=_scan.MAX_NEWTON_STEPS)
-        )
+        return fits.updated(left, em)
 
     def _fit_em(
         self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int
@@ -695,15 +691,14 @@ class _SnpFits:
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
 
-    def updated(self, rows: NDArray[np.intp], other: _SnpFits, extra_iterations: int) -> _SnpFits:
-        """These fits with ``rows`` replaced by ``other``'s (which took ``extra_iterations``
-        more)."""
+    def updated(self, rows: NDArray[np.intp], other: _SnpFits) -> _SnpFits:
+        """These fits with ``rows`` refitted as ``other``, whose iterations add to these."""
         fields = {}
         for name in self.__dataclass_fields__:
             values = getattr(self, name).copy()
             values[rows] = getattr(other, name)
             fields[name] = values
-        fields["n_iter"][rows] += extra_iterations
+        fields["n_iter"][rows] += self.n_iter[rows]
         return _SnpFits(**fields)
 
 

@@ -1,0 +1,165 @@
+"""The scan's per-SNP solver (Newton on the variance ratio) against the dense oracle."""
+
+import dense
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from emlmm import EMLMM, _scan, gwas
+from emlmm._spectral import KinshipSpectrum
+
+
+def rotated_batch(y, covariates, genotypes, kinship):
+    spectrum = KinshipSpectrum.from_kinship(kinship)
+    u = spectrum.eigenvectors
+    snps = np.ascontiguousarray((u.T @ genotypes).T)
+    return _scan.SnpBatch(u.T @ covariates, u.T @ y, snps, spectrum.eigenvalues)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """80 related individuals, an intercept and a covariate, 6 SNPs (one causal)."""
+    rng = np.random.default_rng(5)
+    n, m = 80, 6
+    kinship = dense.random_genotype_kinship(rng, n, 200)
+    covariates = np.column_stack([np.ones(n), rng.normal(size=n)])
+    genotypes = rng.binomial(2, rng.uniform(0.2, 0.5, size=m), size=(n, m)).astype(float)
+    polygenic = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
+    y = covariates @ [2.0, 0.5] + 0.6 * genotypes[:, 1] + 1.5 * polygenic + rng.normal(size=n)
+    return y, covariates, genotypes, kinship
+
+
+def design(problem, j):
+    _, covariates, genotypes, _ = problem
+    return np.column_stack([covariates, genotypes[:, j]])
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_profiled_criterion_is_the_dense_likelihood_at_the_best_beta_and_scale(problem, reml):
+    y, covariates, genotypes, kinship = problem
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    delta = np.linspace(0.2, 3.0, genotypes.shape[1])
+    fit = _scan.profile(batch, delta, reml, derivatives=False)
+    values = _scan.criterion(batch, fit, reml)
+    sigma2_a, sigma2_e = _scan.variances(batch, fit, reml)
+    for j in range(genotypes.shape[1]):
+        X = design(problem, j)
+        beta, _ = dense.gls(y, X, dense.covariance(kinship, sigma2_a[j], sigma2_e[j]))
+        np.testing.assert_allclose(fit.beta[j], beta, rtol=1e-9)
+
+        def dense_value(scale, X=X, j=j):
+            s2a, s2e = delta[j] * scale, scale
+            if reml:
+                return dense.reml_loglike(y, X, kinship, s2a, s2e)
+            b, _ = dense.gls(y, X, dense.covariance(kinship, s2a, s2e))
+            return dense.loglike(y, X, kinship, b, s2a, s2e)
+
+        assert values[j] == pytest.approx(dense_value(sigma2_e[j]), rel=1e-11)
+        # sigma2_e is the maximiser along the ray of fixed ratio.
+        assert dense_value(sigma2_e[j] * 1.001) < values[j]
+        assert dense_value(sigma2_e[j] / 1.001) < values[j]
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_slope_and_curvature_are_the_criterions_derivatives(problem, reml):
+    y, covariates, genotypes, kinship = problem
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    delta = np.linspace(0.05, 4.0, genotypes.shape[1])
+    fit = _scan.profile(batch, delta, reml)
+    errors = []
+    for h in (1e-3, 1e-4):
+        up, down = _scan.profile(batch, delta + h, reml), _scan.profile(batch, delta - h, reml)
+        slope = (_scan.criterion(batch, up, reml) - _scan.criterion(batch, down, reml)) / (2 * h)
+        np.testing.assert_allclose(fit.slope, slope, rtol=3e-5 if h > 1e-4 else 1e-6)
+        errors.append(np.abs((up.slope - down.slope) / (2 * h) - fit.curvature))
+    # Central differences err by O(h^2): 100x less for h 10x smaller, if the curvature is right.
+    assert np.all(errors[1] < 0.05 * errors[0] + 1e-9)
+    np.testing.assert_allclose(errors[1], 0.0, atol=1e-5 * np.abs(fit.curvature).max())
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_newton_reaches_the_dense_maximum(problem, reml):
+    y, covariates, genotypes, kinship = problem
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    result = _scan.maximise(batch, start=1.0, reml=reml, tol=1e-12)
+    assert result.converged.all()
+    assert result.n_iter.max() < 15
+    values = _scan.criterion(batch, result.fit, reml)
+    sigma2_a, _ = _scan.variances(batch, result.fit, reml)
+    for j in (0, 1, 4):
+        oracle = dense.maximise(y, design(problem, j), kinship, reml=reml)
+        assert values[j] >= oracle.llf - 1e-9
+        assert sigma2_a[j] == pytest.approx(oracle.sigma2_a, rel=1e-4)
+
+
+def test_without_kinship_signal_newton_stops_at_zero_with_the_ols_fit():
+    rng = np.random.default_rng(3)
+    n = 60
+    kinship = dense.random_genotype_kinship(rng, n, 150)
+    covariates = np.ones((n, 1))
+    genotypes = rng.binomial(2, 0.4, size=(n, 3)).astype(float)
+    y = 1.0 + rng.normal(size=n)
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    at_zero = _scan.profile(batch, np.zeros(3), reml=False)
+    assert (at_zero.slope < 0).all(), "this seed's likelihood falls from sigma2_a = 0"
+    result = _scan.maximise(batch, start=2.0, reml=False, tol=1e-12)
+    assert result.converged.all()
+    np.testing.assert_array_equal(result.fit.delta, 0.0)
+    for j in range(3):
+        ols = sm.OLS(y, np.column_stack([covariates, genotypes[:, j]])).fit()
+        assert _scan.criterion(batch, result.fit, False)[j] == pytest.approx(ols.llf, rel=1e-12)
+
+
+def test_a_ratio_running_to_infinity_stops_unconverged():
+    rng = np.random.default_rng(0)
+    n = 40
+    kinship = dense.random_genotype_kinship(rng, n, 200)  # full rank
+    genotypes = rng.binomial(2, 0.3, size=(n, 3)).astype(float)
+    y = 3.0 + np.linalg.cholesky(kinship) @ rng.normal(size=n)  # no residual variance
+    batch = rotated_batch(y, np.ones((n, 1)), genotypes, kinship)
+    result = _scan.maximise(batch, start=1.0, reml=False, tol=1e-12)
+    # For this seed two of the three SNPs have their maximum at sigma2_e = 0.
+    assert result.converged.sum() == 1
+    assert (result.fit.delta[~result.converged] > _scan.MAX_RATIO / 4).all()
+    assert (result.n_iter < _scan.MAX_NEWTON_STEPS).all()
+
+
+def per_snp_fits(data, genotypes, kinship, formula):
+    return {
+        snp: EMLMM.from_formula(
+            formula, data=data.assign(snp=genotypes[:, j]), kinship=kinship
+        ).fit()
+        for j, snp in enumerate(["snp1", "snp2", "snp3"])
+    }
+
+
+def test_snps_newton_gives_up_on_are_fitted_by_em(problem, monkeypatch):
+    y, covariates, genotypes, kinship = problem
+    data = pd.DataFrame({"y": y, "x": covariates[:, 1]})
+    monkeypatch.setattr(_scan, "MAX_NEWTON_STEPS", 1)
+    table = gwas("y ~ 1 + x + snp", data, genotypes[:, :3], kinship)
+    assert table.converged.all()
+    assert (table.n_iter > 1).all()  # one Newton step, then EM
+    for snp, fit in per_snp_fits(data, genotypes, kinship, "y ~ 1 + x + snp").items():
+        assert table.loc[snp, "llf"] == pytest.approx(fit.llf, rel=1e-10)
+        assert table.loc[snp, "sigma2_a"] == pytest.approx(fit.sigma2_a, rel=1e-4)
+
+
+def test_a_null_model_with_no_residual_variance_scans_by_em():
+    rng = np.random.default_rng(0)
+    n = 40
+    kinship = dense.random_genotype_kinship(rng, n, 200)
+    genotypes = rng.binomial(2, 0.3, size=(n, 3)).astype(float)
+    data = pd.DataFrame({"y": 3.0 + np.linalg.cholesky(kinship) @ rng.normal(size=n)})
+    assert EMLMM.from_formula("y ~ 1", data, kinship=kinship).fit().sigma2_e == 0.0
+    table = gwas("y ~ 1 + snp", data, genotypes, kinship)
+    assert table.converged.all()
+    for snp, fit in per_snp_fits(data, genotypes, kinship, "y ~ 1 + snp").items():
+        assert table.loc[snp, "llf"] == pytest.approx(fit.llf, rel=1e-10)
+        assert table.loc[snp, "sigma2_a"] == pytest.approx(fit.sigma2_a, rel=1e-6)
+    for j, snp in enumerate(table.index):
+        X = np.column_stack([np.ones(n), genotypes[:, j]])
+        oracle = dense.maximise(data.y.to_numpy(), X, kinship, reml=True)
+        assert table.loc[snp, "beta"] == pytest.approx(oracle.beta[-1], rel=1e-4)
+        assert table.loc[snp, "se"] == pytest.approx(np.sqrt(oracle.cov_beta[-1, -1]), rel=1e-4)

@@ -85,18 +85,25 @@ class SnpBatch:
         return batch
 
     def cross_products(self, weights: Array) -> Array:
-        """``Z' diag(w) Z`` for every SNP, ``(k, p + 1, p + 1)``; ``weights`` is ``(k, n)``.
+        """``Z' diag(w) Z`` for every SNP, ``(k, p + 1, p + 1)``.
 
+        ``weights`` is ``(k, n)``, one row per SNP, or ``(n,)`` shared by all SNPs
+        (as at the null model's estimate, where every SNP starts), which is cheaper.
         Columns are ordered covariates, SNP, response.
         """
         shared = self._shared
         k, f = self.snps.shape[0], shared.shape[1]
-        weighted_snps = weights * self.snps
         products = np.empty((k, f + 1, f + 1))
         # Positions of the shared columns among covariates, SNP, response.
         where = np.r_[0 : f - 1, f]
-        products[:, where[:, None], where] = (weights @ self._shared_products).reshape(k, f, f)
-        snp_shared = weighted_snps @ shared
+        if weights.ndim == 1:
+            products[:, where[:, None], where] = (weights @ self._shared_products).reshape(f, f)
+            snp_shared = self.snps @ (weights[:, None] * shared)
+            weighted_snps = self.snps * weights
+        else:
+            products[:, where[:, None], where] = (weights @ self._shared_products).reshape(k, f, f)
+            weighted_snps = weights * self.snps
+            snp_shared = weighted_snps @ shared
         products[:, f - 1, where] = snp_shared
         products[:, where, f - 1] = snp_shared
         products[:, f - 1, f - 1] = np.einsum("kn,kn->k", weighted_snps, self.snps)
@@ -125,9 +132,12 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     """Evaluate the profiled ML (or REML) criterion's pieces at ``delta`` (shape ``(k,)``)."""
     s = batch.eigenvalues
     p = batch.k_exog
-    weights = np.multiply.outer(delta, s)
-    weights += 1.0
-    np.reciprocal(weights, out=weights)
+    if delta.size and np.all(delta == delta[0]):
+        weights = 1.0 / (delta[0] * s + 1.0)  # one ratio for all: shared weights
+    else:
+        weights = np.multiply.outer(delta, s)
+        weights += 1.0
+        np.reciprocal(weights, out=weights)
     m1 = batch.cross_products(weights)
     cov_unscaled = np.linalg.inv(m1[:, :p, :p])
     beta = (cov_unscaled @ m1[:, :p, p, None])[..., 0]
@@ -141,8 +151,10 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     m2_weights = scaled * weights  # s w^2
     m2 = batch.cross_products(m2_weights)
     m3 = batch.cross_products(m2_weights * scaled)  # s^2 w^3
-    trace_1 = scaled.sum(axis=1)  # tr(H^-1 A)
-    trace_2 = np.einsum("kn,kn->k", scaled, scaled)  # tr(H^-1 A H^-1 A)
+    trace_1 = np.broadcast_to(scaled.sum(axis=-1), delta.shape)  # tr(H^-1 A)
+    trace_2 = np.broadcast_to(
+        np.einsum("...n,...n->...", scaled, scaled), delta.shape
+    )  # tr((H^-1 A)^2)
     # rss' = -u' M2 u; rss'' = 2 (u' M3 u - v' (X'H^-1X)^-1 v) with v = (M2 u)_X.
     m2u = np.einsum("kij,kj->ki", m2, u)
     v = m2u[:, :p]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Peak memory of `emlmm gwas --method fixed` at n = 2000 for growing m.
+# Peak memory of `emlmm gwas` (exact and fixed) at n = 2000 for growing m.
 # Run by hand (not in CI):  bash benchmarks/bench_memory.sh [m ...]   (default: 50000)
+# METHODS="exact fixed" (the default) chooses the scans.
 # Needs GNU time (apt-get install -y time). Data go to $WORKDIR (default /tmp/bench/mem).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -13,10 +14,12 @@ for M in "${@:-50000}"; do
   P="$WORKDIR/P_${N}_${M}"
   [ -f "$P.bed" ] || python "$HERE/bench_memory_data.py" --n "$N" --m "$M" --out "$P"
   cd "$WORKDIR"
-  /usr/bin/time -v emlmm gwas --bfile "$P" --kinship "$P.K.txt" --out "$P.fixed.tsv" \
-      --method fixed --quiet 2> "$P.time.txt" || { cat "$P.time.txt"; exit 1; }
-  rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$P.time.txt")
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$P.time.txt")
-  echo "n=$N m=$M: peak RSS $(awk -v k="$rss_kb" 'BEGIN {printf "%.0f MB", k/1024}') " \
-       "(${rss_kb} kB), wall $wall, rows $(($(wc -l < "$P.fixed.tsv") - 1)); $(uptime)"
+  for METHOD in ${METHODS:-exact fixed}; do
+    /usr/bin/time -v emlmm gwas --bfile "$P" --kinship "$P.K.txt" --out "$P.$METHOD.tsv" \
+        --method "$METHOD" --quiet 2> "$P.$METHOD.time.txt" || { cat "$P.$METHOD.time.txt"; exit 1; }
+    rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$P.$METHOD.time.txt")
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$P.$METHOD.time.txt")
+    echo "n=$N m=$M $METHOD: peak RSS $(awk -v k="$rss_kb" 'BEGIN {printf "%.0f MB", k/1024}') " \
+         "(${rss_kb} kB), wall $wall, rows $(($(wc -l < "$P.$METHOD.tsv") - 1)); $(uptime)"
+  done
 done

@@ -459,24 +459,32 @@ def _scatter(full: Estimate, indices: NDArray[np.intp], part: Estimate) -> Estim
 def _try_scoring_step(
     data: RotatedData, estimate: Estimate, value: Array, gain: Array, step: Array, reml: bool
 ) -> tuple[Estimate, Array, Array]:
-    """Take the (projected) Fisher-scoring step where it improves on ``estimate``."""
-    sigma2_a = np.maximum(estimate.sigma2_a + step[..., 0], 0.0)
-    sigma2_e = np.maximum(estimate.sigma2_e + step[..., 1], 0.0)
-    # sigma2_e = 0 is allowed only where V = sigma2_a A stays positive definite.
-    valid = (sigma2_e > 0.0) | ((data.rank == data.nobs) & (sigma2_a > 0.0))
-    sigma2_e = np.where(valid, sigma2_e, estimate.sigma2_e)
-    beta, _, _ = gls(data, marginal_variances(data, sigma2_a, sigma2_e))
-    candidate = Estimate(beta, sigma2_a, sigma2_e)
-    candidate_value = criterion(data, candidate, reml)
-    take = valid & (candidate_value > value)
-    if not take.any():
+    """Take the (projected) Fisher-scoring step where it improves on ``estimate``.
+
+    Where the full step does not improve (the expected information can misjudge the
+    curvature, e.g. close to sigma2_e = 0), half and a quarter of it are tried.
+    """
+    best, best_value = estimate, value
+    improved = np.zeros(np.shape(value), dtype=bool)
+    for fraction in (1.0, 0.5, 0.25):
+        sigma2_a = np.maximum(estimate.sigma2_a + fraction * step[..., 0], 0.0)
+        sigma2_e = np.maximum(estimate.sigma2_e + fraction * step[..., 1], 0.0)
+        # sigma2_e = 0 is allowed only where V = sigma2_a A stays positive definite.
+        valid = (sigma2_e > 0.0) | ((data.rank == data.nobs) & (sigma2_a > 0.0))
+        sigma2_e = np.where(valid, sigma2_e, estimate.sigma2_e)
+        beta, _, _ = gls(data, marginal_variances(data, sigma2_a, sigma2_e))
+        candidate = Estimate(beta, sigma2_a, sigma2_e)
+        candidate_value = criterion(data, candidate, reml)
+        take = valid & ~improved & (candidate_value > value)
+        best = candidate.where(take, best)
+        best_value = np.where(take, candidate_value, best_value)
+        improved |= take
+        if improved.all():
+            break
+    if not improved.any():
         return estimate, value, gain
-    candidate_gain, _, _ = predicted_gain(data, candidate, reml)
-    return (
-        candidate.where(take, estimate),
-        np.where(take, candidate_value, value),
-        np.where(take, candidate_gain, gain),
-    )
+    best_gain, _, _ = predicted_gain(data, best, reml)
+    return best, best_value, np.where(improved, best_gain, gain)
 
 
 def _try_boundary(

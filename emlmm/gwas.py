@@ -1,8 +1,10 @@
-"""Genome-wide association scans: the lab's per-SNP EM fits and tests, at scale.
+"""Genome-wide association scans: the lab's per-SNP fits and tests, at scale.
 
-The null model is fitted once. Genotypes are then read chunk by chunk, rotated into
-the kinship's eigenbasis with one matrix product per chunk, and every SNP of the
-chunk is fitted at once by batched EM iterations warm-started from the null.
+The null model is fitted once, by EM. Genotypes are then read chunk by chunk and
+rotated into the kinship's eigenbasis with one matrix product per chunk. Every SNP
+of the chunk is then fitted at once: Newton steps on the variance ratio, from the
+null model's estimates, each costing a few vectorised passes over the chunk
+(:mod:`emlmm._scan`); batched EM takes over for the rare SNP Newton cannot finish.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def gwas(
         SNPs per chunk; memory grows with ``n * chunk_size``. By default chosen
         from the number of individuals.
     maxiter, tol : int, float
-        EM limits per SNP, as in :meth:`emlmm.EMLMM.fit`.
+        Iteration limit and tolerance per SNP fit. ``tol`` bounds the log-likelihood
+        gain still available at convergence, as in :meth:`emlmm.EMLMM.fit`.
     progress : bool or callable
         ``True`` draws a progress bar on standard error; a callable is called as
         ``progress(done, total)`` after each chunk.
@@ -152,7 +155,9 @@ def gwas(
         ``p_wald`` (F(1, n - p) on the REML Wald statistic), ``lrt`` and
         ``p_lrt`` (ML likelihood ratio against the null, chi2(1)), ``p_score``
         (GEMMA's score test at the null ML estimates), ``llf``, ``sigma2_a`` and
-        ``sigma2_e`` (the SNP's ML fit), ``n_iter``, ``converged``, and ``note``
+        ``sigma2_e`` (the SNP's ML fit), ``n_iter`` (iterations of the SNP's ML
+        fit: Newton steps on sigma2_a / sigma2_e, plus EM iterations in the rare
+        case EM had to finish it), ``converged`` (ML and REML fits), and ``note``
         saying why a SNP's statistics are NaN (all missing, monomorphic,
         collinear with the covariates).
 

@@ -239,6 +239,23 @@ def test_accelerated_em_reaches_the_same_maximum_where_plain_em_crawls(reml):
     assert plain.llf < fast.llf
 
 
+def test_accelerated_reml_converges_close_to_sigma2_e_zero():
+    # Near sigma2_e = 0 the expected information misjudges the curvature and the full
+    # scoring step overshoots; without shorter steps EM crawled for 10,000 iterations.
+    rng = np.random.default_rng(0)
+    n = 40
+    kinship = dense.random_genotype_kinship(rng, n, 200)
+    snps = rng.binomial(2, 0.3, size=(n, 3)).astype(float)
+    y = 3.0 + np.linalg.cholesky(kinship) @ rng.normal(size=n)  # no residual variance
+    X = np.column_stack([np.ones(n), snps[:, 2]])
+    fit = EMLMM(y, X, kinship).fit(reml=True)
+    oracle = dense.maximise(y, X, kinship, reml=True, start=(0.75, 0.007))
+    assert fit.converged and fit.n_iter < 20
+    assert 0 < fit.sigma2_e < 0.01
+    assert fit.llf == pytest.approx(oracle.llf, abs=1e-9)
+    assert fit.sigma2_e == pytest.approx(oracle.sigma2_e, rel=1e-4)
+
+
 def test_singular_kinship_em_is_maximum_likelihood():
     rng = np.random.default_rng(21)
     n, m = 60, 20

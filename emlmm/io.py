@@ -64,8 +64,9 @@ class PlinkGenotypes:
         Individual ids (the ``.fam`` IID column), named ``"sample"``.
     snps : pandas.DataFrame
         One row per SNP, indexed by SNP id (named ``"snp"``), with columns
-        ``chr`` (str), ``pos`` (int, base pairs), ``a1`` and ``a2``
-        (alleles; genotypes count copies of ``a1``).
+        ``chr`` (categorical, labels as written), ``pos`` (int, base pairs),
+        ``a1`` and ``a2`` (categorical alleles; genotypes count copies of
+        ``a1``).
     fam : pandas.DataFrame
         The ``.fam`` file: columns ``fid``, ``iid``, ``father``, ``mother``
         (str), ``sex`` (int) and ``pheno`` (str, as written), indexed by IID
@@ -119,16 +120,19 @@ class PlinkGenotypes:
                 f"missing: {', '.join(missing)}"
             )
         self._closed = False
-        # bed-reader's own format check is replaced by the clearer ones below
+        self.snps = self._read_bim()
+        # bed-reader's own format check is replaced by the clearer ones below. Given
+        # the SNP count, it never parses the .bim, whose metadata _read_bim keeps
+        # compactly (bed-reader's arrays take about 0.5 kB per SNP).
         self._bed: Any = open_bed(
             self.bed_path,
+            sid_count=len(self.snps),
             fam_location=self.fam_path,
             bim_location=self.bim_path,
             skip_format_check=True,
         )
         self.fam = self._read_fam()
         self.sample_ids = pd.Index(self.fam.index, name="sample")
-        self.snps = self._read_bim()
         self._check_bed_size()
         with open(self.bed_path, "rb") as handle:
             magic = handle.read(3)
@@ -164,18 +168,35 @@ class PlinkGenotypes:
         return fam
 
     def _read_bim(self) -> pd.DataFrame:
-        bed = self._bed
+        """The .bim's SNP ids, chromosomes, positions and alleles.
+
+        Chromosomes and alleles are categorical: a few distinct values, whatever
+        the number of SNPs.
+        """
+        columns = ["chr", "snp", "cm", "pos", "a1", "a2"]
+        text = dict.fromkeys(["chr", "snp", "a1", "a2"], str)
         try:
-            columns = {
-                "chr": bed.chromosome.astype(str),
-                "pos": bed.bp_position.astype(np.int64),
-                "a1": bed.allele_1.astype(str),
-                "a2": bed.allele_2.astype(str),
-            }
-            index = pd.Index(bed.sid.astype(str), name="snp")
-        except Exception as exc:
+            bim = pd.read_csv(
+                self.bim_path,
+                sep=r"\s+",
+                header=None,
+                names=columns,
+                dtype={**text, "cm": float, "pos": np.int64},
+                na_filter=False,
+            )
+        except (ValueError, pd.errors.ParserError) as exc:
             raise ValueError(f"could not read {self.bim_path}: {exc}") from exc
-        return pd.DataFrame(columns, index=index)
+        short = np.nonzero((bim[list(text)] == "").any(axis=1).to_numpy())[0]
+        if short.size:
+            raise ValueError(
+                f"could not read {self.bim_path}: line {short[0] + 1} has fewer than the six "
+                "columns of a .bim (chromosome, SNP id, cM, bp position, allele 1, allele 2)"
+            )
+        for column in ("chr", "a1", "a2"):
+            bim[column] = bim[column].astype("category")
+        bim = bim.set_index("snp").drop(columns="cm")
+        bim.index.name = "snp"
+        return bim
 
     def _check_bed_size(self) -> None:
         n_samples, n_snps = self.shape

@@ -199,6 +199,34 @@ def test_malformed_fam(fileset):
         read_plink(fileset)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1 rs103 0 35 A\n", r"study\.bim: line 4 has fewer than the six columns"),
+        ("1 rs103 0 35 A G extra\n", r"could not read .*study\.bim"),
+        ("1 rs103 0 3.5e1x A G\n", r"could not read .*study\.bim"),
+    ],
+    ids=["five columns", "seven columns", "position not an integer"],
+)
+def test_malformed_bim(fileset, line, message):
+    bim = fileset.with_name("study.bim")
+    lines = bim.read_text().splitlines(keepends=True)
+    lines[3] = line
+    bim.write_text("".join(lines))
+    with pytest.raises(ValueError, match=message):
+        read_plink(fileset)
+
+
+def test_snp_metadata_is_compact_and_keeps_labels_as_written(tmp_path, genotypes):
+    prefix = write_plink(tmp_path / "coded", genotypes, chromosomes=["01"] * 6 + ["X"] * 5)
+    with read_plink(prefix) as plink:
+        snps = plink.snps
+        assert list(snps["chr"].unique()) == ["01", "X"]  # not the number 1
+        assert all(isinstance(value, str) for value in snps["a1"])
+        for column in ("chr", "a1", "a2"):
+            assert isinstance(snps[column].dtype, pd.CategoricalDtype)
+
+
 def test_repeated_sample_ids(tmp_path, genotypes):
     ids = [f"ind{i}" for i in range(8)] + ["ind3"]
     write_plink(tmp_path / "dup", genotypes, sample_ids=ids)

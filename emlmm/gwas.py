@@ -567,7 +567,7 @@ class _Scanner:
         null = self.null_data
         batch = _scan.SnpBatch(null.exog, null.endog, rotated, null.eigenvalues)
         k, n, p = rotated.shape[0], batch.nobs, batch.k_exog
-        result = {"p_score": self._score_pvalues(rotated)}
+        result: dict[str, NDArray[Any]] = {"p_score": self._score_pvalues(rotated)}
         if self.method == "fixed":
             sigma2_a, sigma2_e = float(self.null_reml.sigma2_a), float(self.null_reml.sigma2_e)
             fit = _scan.profile(

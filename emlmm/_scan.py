@@ -38,6 +38,10 @@ MAX_NEWTON_STEPS = 60
 MAX_RATIO = 1e8
 #: Where Newton starts when the null model has sigma2_e = 0 (an infinite ratio).
 LARGE_RATIO = 1e4
+#: Ratios at which every SNP's criterion is also evaluated: 0 and GEMMA's grid.
+GRID = np.concatenate([[0.0], np.logspace(-5.0, 5.0, 11)])
+#: A grid ratio must beat a local maximum by more than this (relative) to count.
+_MARGIN = 1e-9
 
 
 @dataclass(frozen=True)
@@ -91,23 +95,60 @@ class SnpBatch:
         (as at the null model's estimate, where every SNP starts), which is cheaper.
         Columns are ordered covariates, SNP, response.
         """
-        shared = self._shared
-        k, f = self.snps.shape[0], shared.shape[1]
-        products = np.empty((k, f + 1, f + 1))
-        # Positions of the shared columns among covariates, SNP, response.
-        where = np.r_[0 : f - 1, f]
+        k, f = self.snps.shape[0], self._shared.shape[1]
         if weights.ndim == 1:
-            products[:, where[:, None], where] = (weights @ self._shared_products).reshape(f, f)
-            snp_shared = self.snps @ (weights[:, None] * shared)
+            shared_shared = np.broadcast_to(
+                (weights @ self._shared_products).reshape(f, f), (k, f, f)
+            )
+            snp_shared = self.snps @ (weights[:, None] * self._shared)
             weighted_snps = self.snps * weights
         else:
-            products[:, where[:, None], where] = (weights @ self._shared_products).reshape(k, f, f)
+            shared_shared = (weights @ self._shared_products).reshape(k, f, f)
             weighted_snps = weights * self.snps
-            snp_shared = weighted_snps @ shared
-        products[:, f - 1, where] = snp_shared
-        products[:, where, f - 1] = snp_shared
-        products[:, f - 1, f - 1] = np.einsum("kn,kn->k", weighted_snps, self.snps)
-        return products
+            snp_shared = weighted_snps @ self._shared
+        return _assemble(
+            shared_shared, snp_shared, np.einsum("kn,kn->k", weighted_snps, self.snps)
+        )
+
+    @cached_property
+    def grid_fits(self) -> tuple[Array, Array, Array]:
+        """``(X'H^-1X)^-1``, rss and log|H| at each ratio of :data:`GRID` (for every SNP).
+
+        Computed once per batch, then shared by the ML and the REML check.
+        """
+        weights = 1.0 / (np.multiply.outer(GRID, self.eigenvalues) + 1.0)
+        cov_unscaled, _, _, rss = _gls(self.cross_products_at(weights), self.k_exog)
+        return cov_unscaled, rss, -np.log(weights).sum(axis=-1)
+
+    def cross_products_at(self, weights: Array) -> Array:
+        """As :meth:`cross_products` for several shared weight vectors at once.
+
+        ``weights`` is ``(g, n)``; the result is ``(k, g, p + 1, p + 1)``, from two
+        matrix products over the SNPs whatever ``g`` is.
+        """
+        (k, n), f, g = self.snps.shape, self._shared.shape[1], weights.shape[0]
+        shared_shared = (weights @ self._shared_products).reshape(g, f, f)
+        weighted_shared = (weights[:, :, None] * self._shared).transpose(1, 0, 2).reshape(n, g * f)
+        snp_shared = (self.snps @ weighted_shared).reshape(k, g, f)
+        snp_snp = (self.snps * self.snps) @ weights.T
+        return _assemble(np.broadcast_to(shared_shared, (k, g, f, f)), snp_shared, snp_snp)
+
+
+def _assemble(shared_shared: Array, snp_shared: Array, snp_snp: Array) -> Array:
+    """Cross-products ordered covariates, SNP, response, from their blocks.
+
+    ``shared_shared`` is ``(..., f, f)`` for the f shared columns (covariates, then
+    the response), ``snp_shared`` ``(..., f)`` and ``snp_snp`` ``(...)``.
+    """
+    f = shared_shared.shape[-1]
+    products = np.empty((*snp_snp.shape, f + 1, f + 1))
+    # Positions of the shared columns among covariates, SNP, response.
+    where = np.r_[0 : f - 1, f]
+    products[..., where[:, None], where] = shared_shared
+    products[..., f - 1, where] = snp_shared
+    products[..., where, f - 1] = snp_shared
+    products[..., f - 1, f - 1] = snp_snp
+    return products
 
 
 @dataclass(frozen=True)
@@ -139,11 +180,7 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
         weights += 1.0
         np.reciprocal(weights, out=weights)
     m1 = batch.cross_products(weights)
-    cov_unscaled = np.linalg.inv(m1[:, :p, :p])
-    beta = (cov_unscaled @ m1[:, :p, p, None])[..., 0]
-    # u = (-beta, 1): Z u is the GLS residual, and u' M u its weighted sum of squares.
-    u = np.concatenate([-beta, np.ones((beta.shape[0], 1))], axis=1)
-    rss = np.einsum("ki,kij,kj->k", u, m1, u)
+    cov_unscaled, beta, u, rss = _gls(m1, p)
     if not derivatives:
         nan = np.full_like(rss, np.nan)
         return Profile(delta, beta, cov_unscaled, rss, nan, nan)
@@ -175,9 +212,37 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     return Profile(delta, beta, cov_unscaled, rss, slope, curvature)
 
 
+def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array]:
+    """GLS from ``M1 = Z' H^-1 Z`` (any leading axes): ``(X'H^-1X)^-1``, beta, u, rss.
+
+    ``u = (-beta, 1)``: ``Z u`` is the GLS residual, and ``u' M u`` its weighted sum
+    of squares.
+    """
+    cov_unscaled = np.linalg.inv(m1[..., :p, :p])
+    beta = (cov_unscaled @ m1[..., :p, p, None])[..., 0]
+    u = np.concatenate([-beta, np.ones((*beta.shape[:-1], 1))], axis=-1)
+    rss = np.einsum("...i,...ij,...j->...", u, m1, u)
+    return cov_unscaled, beta, u, rss
+
+
 def log_det_h(batch: SnpBatch, delta: Array) -> Array:
     """``log|H| = sum(log(1 + delta s))`` for each ratio in ``delta``."""
-    return np.log1p(np.multiply.outer(delta, batch.eigenvalues)).sum(axis=-1)
+    # log of 1 + delta s, not log1p: twice as fast, and each term is still within
+    # one rounding of its value in absolute terms, which is what the sum needs.
+    terms = np.multiply.outer(delta, batch.eigenvalues)
+    terms += 1.0
+    return np.log(terms, out=terms).sum(axis=-1)
+
+
+def _value(
+    rss: Array, log_det: Array, cov_unscaled: Array, nobs: int, k_exog: int, reml: bool
+) -> Array:
+    """The profiled ML (REML) log-likelihood from its pieces."""
+    dof = nobs - k_exog if reml else nobs
+    value = -0.5 * (dof * (LOG_2PI + 1.0 + np.log(rss / dof)) + log_det)
+    if reml:
+        value = value + 0.5 * np.linalg.slogdet(cov_unscaled)[1]
+    return value
 
 
 def criterion(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
@@ -186,12 +251,14 @@ def criterion(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
     Equal to :func:`emlmm._em.log_likelihood` (:func:`emlmm._em.restricted_log_likelihood`)
     at the estimates :func:`variances` returns.
     """
-    n, p = batch.nobs, batch.k_exog
-    dof = n - p if reml else n
-    value = -0.5 * (dof * (LOG_2PI + 1.0 + np.log(fit.rss / dof)) + log_det_h(batch, fit.delta))
-    if reml:
-        value = value + 0.5 * np.linalg.slogdet(fit.cov_unscaled)[1]
-    return value
+    log_det = log_det_h(batch, fit.delta)
+    return _value(fit.rss, log_det, fit.cov_unscaled, batch.nobs, batch.k_exog, reml)
+
+
+def grid_criterion(batch: SnpBatch, reml: bool) -> Array:
+    """The criterion of every SNP (rows) at every ratio of :data:`GRID` (columns)."""
+    cov_unscaled, rss, log_det = batch.grid_fits
+    return _value(rss, log_det, cov_unscaled, batch.nobs, batch.k_exog, reml)
 
 
 def variances(batch: SnpBatch, fit: Profile, reml: bool) -> tuple[Array, Array]:
@@ -210,8 +277,50 @@ class RatioFit:
     converged: NDArray[np.bool_]
 
 
-def maximise(
+def maximise_globally(
     batch: SnpBatch, start: float, reml: bool, tol: float, maxiter: int = MAX_NEWTON_STEPS
+) -> RatioFit:
+    """:func:`maximise` from ``start``, checked against the ratios of :data:`GRID`.
+
+    The criterion can have more than one maximum in ``delta``. Newton finds the one
+    near ``start`` (the null model's ratio); where a grid ratio does better, by
+    more than rounding, Newton runs again from the best grid ratio and the higher
+    maximum is kept. GEMMA searches a similar grid. The grid costs two matrix
+    products over the SNPs, and the check needs exact criteria only for SNPs whose
+    grid maximum comes close to a cheap lower bound of their local maximum.
+    """
+    local = maximise(batch, start, reml, tol, maxiter)
+    grid = grid_criterion(batch, reml)
+    best = grid.argmax(axis=1)
+    best_value = np.take_along_axis(grid, best[:, None], axis=1)[:, 0]
+    # log|H| is concave in delta, so its tangent at ``start`` bounds it from above
+    # and the criterion from below.
+    s = batch.eigenvalues
+    tangent = np.log1p(start * s).sum() + (s / (1.0 + start * s)).sum() * (local.fit.delta - start)
+    fit = local.fit
+    bound = _value(fit.rss, tangent, fit.cov_unscaled, batch.nobs, batch.k_exog, reml)
+    close = np.nonzero(local.converged & (best_value > bound - _MARGIN * (1.0 + np.abs(bound))))[0]
+    if close.size == 0:
+        return local
+    value = criterion(batch.take(close), _take(fit, close), reml)
+    better_grid = best_value[close] > value + _MARGIN * (1.0 + np.abs(value))
+    again, value = close[better_grid], value[better_grid]
+    if again.size == 0:
+        return local
+    retry = maximise(batch.take(again), GRID[best[again]], reml, tol, maxiter)
+    better = retry.converged & (criterion(batch.take(again), retry.fit, reml) > value)
+    n_iter = local.n_iter.copy()
+    n_iter[again] += retry.n_iter
+    fit = _replaced(fit, again[better], _take(retry.fit, np.nonzero(better)[0]))
+    return RatioFit(fit, n_iter, local.converged)
+
+
+def maximise(
+    batch: SnpBatch,
+    start: float | Array,
+    reml: bool,
+    tol: float,
+    maxiter: int = MAX_NEWTON_STEPS,
 ) -> RatioFit:
     """Newton's method on ``delta`` for every SNP, from ``start``, kept in a bracket.
 
@@ -219,13 +328,14 @@ def maximise(
     is below ``tol``, or at ``delta = 0`` when the criterion falls from there (the
     boundary maximum sigma2_a = 0). Each step updates a bracket ``[low, high]`` from
     the sign of the slope; a Newton step that would leave it, or that is not
-    towards a maximum, is replaced by bisection (or by a trial of ``delta = 0``
-    when the step points below 0). Steps past :data:`MAX_RATIO` stop the SNP
+    towards a maximum, is replaced by a trial of ``delta = 0`` (once, while the
+    bracket reaches 0) or by bisection. Steps past :data:`MAX_RATIO` stop the SNP
     unconverged.
     """
     k = batch.snps.shape[0]
-    delta = np.full(k, float(start))
+    delta = np.broadcast_to(np.asarray(start, dtype=float), (k,)).copy()
     low, high = np.zeros(k), np.full(k, np.inf)
+    zero_tried = np.zeros(k, dtype=bool)
     n_iter = np.zeros(k, dtype=np.intp)
     converged = np.zeros(k, dtype=bool)
     final: list[tuple[NDArray[np.intp], Profile]] = []
@@ -243,9 +353,12 @@ def maximise(
         lo = np.where(slope > 0.0, np.maximum(low[active], d), low[active])
         hi = np.where(slope < 0.0, np.minimum(high[active], d), high[active])
         inside = (curvature < 0.0) & (newton > lo) & (newton < hi)
-        # A step to below zero tries the boundary; other bad steps bisect the bracket
-        # (geometrically when it is wide), or widen it when it is open above.
-        to_zero = (curvature < 0.0) & (newton <= 0.0) & (lo == 0.0) & (d > 0.0)
+        zero_tried[active] |= d == 0.0
+        # While the bracket still reaches 0, a bad step first tries the boundary
+        # itself (a maximum there is only approached geometrically otherwise); other
+        # bad steps bisect the bracket (geometrically when it is wide), or widen it
+        # when it is open above.
+        to_zero = (lo == 0.0) & (d > 0.0) & ~zero_tried[active]
         middle = np.where(
             (lo > 0.0) & (hi > 4.0 * lo),
             np.sqrt(lo * np.where(np.isfinite(hi), hi, 1.0)),
@@ -272,6 +385,16 @@ def maximise(
 
 def _take(fit: Profile, indices: NDArray[np.intp]) -> Profile:
     return Profile(*(getattr(fit, name)[indices] for name in Profile.__dataclass_fields__))
+
+
+def _replaced(fit: Profile, rows: NDArray[np.intp], other: Profile) -> Profile:
+    """``fit`` with the SNPs at ``rows`` taken from ``other`` (one entry per row)."""
+    fields = {}
+    for name in Profile.__dataclass_fields__:
+        values = getattr(fit, name).copy()
+        values[rows] = getattr(other, name)
+        fields[name] = values
+    return Profile(**fields)
 
 
 def _gather(parts: list[tuple[NDArray[np.intp], Profile]], k: int) -> Profile:

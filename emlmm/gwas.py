@@ -611,12 +611,13 @@ class _Scanner:
         return result
 
     def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
-        """Every SNP's ML (REML) fit: Newton on the ratio, EM where Newton gave up."""
+        """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
+        for a better maximum), EM where Newton gave up."""
         # A null model with sigma2_e = 0 still gives Newton a (large) finite start: a
         # SNP may bring sigma2_e back, and those that do not run off to EM.
         start = float(null.sigma2_a / null.sigma2_e) if null.sigma2_e > 0 else _scan.LARGE_RATIO
         k = batch.snps.shape[0]
-        newton = _scan.maximise(
+        newton = _scan.maximise_globally(
             batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
         )
         sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)

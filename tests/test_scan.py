@@ -163,3 +163,56 @@ def test_a_null_model_with_no_residual_variance_scans_by_em():
         oracle = dense.maximise(data.y.to_numpy(), X, kinship, reml=True)
         assert table.loc[snp, "beta"] == pytest.approx(oracle.beta[-1], rel=1e-4)
         assert table.loc[snp, "se"] == pytest.approx(np.sqrt(oracle.cov_beta[-1, -1]), rel=1e-4)
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_grid_criterion_is_the_criterion_at_each_ratio(problem, reml):
+    y, covariates, genotypes, kinship = problem
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    grid = _scan.grid_criterion(batch, reml)
+    assert grid.shape == (genotypes.shape[1], len(_scan.GRID))
+    for g, delta in enumerate(_scan.GRID):
+        fit = _scan.profile(batch, np.full(genotypes.shape[1], delta), reml, derivatives=False)
+        np.testing.assert_allclose(grid[:, g], _scan.criterion(batch, fit, reml), rtol=1e-12)
+
+
+def two_maxima(seed):
+    """Small data whose profiled ML likelihood has two maxima in the ratio."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 30))
+    kinship = dense.random_genotype_kinship(rng, n, int(rng.integers(3, 40))) + 1e-6 * np.eye(n)
+    genotypes = rng.binomial(2, 0.4, size=(n, 1)).astype(float)
+    noise = rng.normal(size=n) * rng.choice([0.1, 1, 10])
+    y = noise + rng.normal() * (np.linalg.cholesky(kinship) @ rng.normal(size=n))
+    return y, genotypes, kinship
+
+
+@pytest.mark.parametrize(
+    ("seed", "start", "local", "best"),
+    [(529, 1e-3, "boundary", "interior"), (367, 3.0, "interior", "boundary")],
+)
+def test_the_grid_finds_a_better_maximum_than_newtons(seed, start, local, best):
+    y, genotypes, kinship = two_maxima(seed)
+    X = np.column_stack([np.ones(len(y)), genotypes[:, 0]])
+    batch = rotated_batch(y, X[:, :1], genotypes, kinship)
+    near = _scan.maximise(batch, start, reml=False, tol=1e-12)
+    found = _scan.maximise_globally(batch, start, reml=False, tol=1e-12)
+    assert near.converged.all() and found.converged.all()
+    assert (near.fit.delta[0] == 0.0) == (local == "boundary")
+    assert (found.fit.delta[0] == 0.0) == (best == "boundary")
+    value = _scan.criterion(batch, found.fit, False)[0]
+    assert value > _scan.criterion(batch, near.fit, False)[0] + 0.5
+    # The dense oracle, from a start near the global maximum, agrees.
+    sigma2_a, sigma2_e = _scan.variances(batch, found.fit, False)
+    oracle = dense.maximise(y, X, kinship, start=(max(sigma2_a[0], 1e-8), sigma2_e[0]))
+    assert value >= oracle.llf - 1e-7
+    if best == "boundary":
+        assert value == pytest.approx(sm.OLS(y, X).fit().llf, rel=1e-12)
+
+
+def test_newton_lands_exactly_on_a_boundary_maximum():
+    y, genotypes, kinship = two_maxima(529)
+    batch = rotated_batch(y, np.ones((len(y), 1)), genotypes, kinship)
+    result = _scan.maximise(batch, 1e-3, reml=False, tol=1e-12)
+    assert result.converged.all() and result.n_iter[0] < 10
+    assert result.fit.delta[0] == 0.0

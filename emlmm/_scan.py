@@ -15,6 +15,9 @@ on ``delta`` from the null model's estimate (which EM found) until the gain the
 next step predicts is below the tolerance, the stopping rule of
 :func:`emlmm._em.fit_em`. A SNP that does not converge within
 :data:`MAX_NEWTON_STEPS` is left to the caller (the scan then runs EM on it).
+The criterion may have more than one maximum, so every SNP's is also evaluated
+on a grid of ratios (:data:`GRID`, as GEMMA does), and Newton runs again from a
+grid ratio that beats the maximum it found (:func:`maximise_globally`).
 
 These are the formulas of GEMMA's ``-lmm`` (Zhou & Stephens 2012), written in
 cross-products so that they vectorise over SNPs.

@@ -150,9 +150,10 @@ def run_kinship(args: argparse.Namespace) -> int:
 
 def _read_matrix(path: str, n_rows: int, what: str) -> np.ndarray:
     """A whitespace-separated numeric matrix with one row per individual, in .fam order."""
+    from emlmm.io import read_text_matrix
+
     try:
-        # pandas' C parser reads a large kinship several times faster than np.loadtxt.
-        matrix = pd.read_csv(path, sep=r"\s+", header=None, dtype=float).to_numpy()
+        matrix = read_text_matrix(path)
     except ValueError as exc:
         raise SystemExit(f"emlmm: cannot read the {what} {path}: {exc}") from exc
     if matrix.shape[0] != n_rows:

@@ -16,7 +16,8 @@ Nothing here knows about pandas, formulas or statsmodels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +34,25 @@ DEFAULT_TOLERANCE = 1e-12
 LAB_TOLERANCE = 1e-5
 
 Array = NDArray[np.float64]
+
+
+#: A dataclass whose fields are arrays with one entry per model of a batch.
+Batch = TypeVar("Batch", bound=Any)
+
+
+def take_rows(batch: Batch, rows: NDArray[np.intp] | int) -> Batch:
+    """The models at ``rows`` of a batch (a dataclass of per-model arrays)."""
+    return replace(batch, **{f.name: getattr(batch, f.name)[rows] for f in fields(batch)})
+
+
+def replace_rows(full: Batch, rows: NDArray[np.intp], part: Batch) -> Batch:
+    """``full`` with the models at ``rows`` taken from ``part`` (one entry per row)."""
+    changes = {}
+    for f in fields(full):
+        values = getattr(full, f.name).copy()
+        values[rows] = getattr(part, f.name)
+        changes[f.name] = values
+    return replace(full, **changes)
 
 
 def _t(matrix: Array) -> Array:
@@ -93,9 +113,6 @@ class Estimate:
         return cls(
             np.asarray(beta, float), np.asarray(sigma2_a, float), np.asarray(sigma2_e, float)
         )
-
-    def take(self, indices: NDArray[np.intp]) -> Estimate:
-        return Estimate(self.beta[indices], self.sigma2_a[indices], self.sigma2_e[indices])
 
     def where(self, mask: NDArray[np.bool_], other: Estimate) -> Estimate:
         """This estimate where ``mask`` holds, ``other`` elsewhere."""
@@ -438,22 +455,16 @@ def fit_em(
             if callback is not None:
                 callback(iteration, float(values[0]))
         n_iter[active] = iteration
-        final = _scatter(final, active, current)
+        final = replace_rows(final, active, current)
         converged[active[done]] = True
         if done.all():
             break
         keep = np.nonzero(~done)[0]
-        active, current, values = active[keep], current.take(keep), values[keep]
+        active, current, values = active[keep], take_rows(current, keep), values[keep]
         sub = data.take(active)
     if single:
-        final = Estimate(final.beta[0], final.sigma2_a[0], final.sigma2_e[0])
+        final = take_rows(final, 0)
     return EMTrace(final, n_iter, converged, history, variance_history)
-
-
-def _scatter(full: Estimate, indices: NDArray[np.intp], part: Estimate) -> Estimate:
-    beta, sigma2_a, sigma2_e = full.beta.copy(), full.sigma2_a.copy(), full.sigma2_e.copy()
-    beta[indices], sigma2_a[indices], sigma2_e[indices] = part.beta, part.sigma2_a, part.sigma2_e
-    return Estimate(beta, sigma2_a, sigma2_e)
 
 
 def _try_scoring_step(

@@ -31,7 +31,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
-from emlmm._em import LOG_2PI
+from emlmm._em import LOG_2PI, replace_rows, take_rows
 
 Array = NDArray[np.float64]
 
@@ -80,16 +80,8 @@ class SnpBatch:
         return (shared[:, :, None] * shared[:, None, :]).reshape(self.nobs, -1)
 
     def take(self, indices: NDArray[np.intp]) -> SnpBatch:
-        batch = replace(self, snps=self.snps[indices])
-        # The shared arrays are the same for any subset of SNPs.
-        batch.__dict__.update(
-            {
-                key: self.__dict__[key]
-                for key in ("_shared", "_shared_products")
-                if key in self.__dict__
-            }
-        )
-        return batch
+        """The SNPs at ``indices``, with the shared columns."""
+        return replace(self, snps=self.snps[indices])
 
     def cross_products(self, weights: Array) -> Array:
         """``Z' diag(w) Z`` for every SNP, ``(k, p + 1, p + 1)``.
@@ -305,16 +297,17 @@ def maximise_globally(
     close = np.nonzero(local.converged & (best_value > bound - _MARGIN * (1.0 + np.abs(bound))))[0]
     if close.size == 0:
         return local
-    value = criterion(batch.take(close), _take(fit, close), reml)
+    value = criterion(batch.take(close), take_rows(fit, close), reml)
     better_grid = best_value[close] > value + _MARGIN * (1.0 + np.abs(value))
     again, value = close[better_grid], value[better_grid]
     if again.size == 0:
         return local
-    retry = maximise(batch.take(again), GRID[best[again]], reml, tol, maxiter)
-    better = retry.converged & (criterion(batch.take(again), retry.fit, reml) > value)
+    part = batch.take(again)
+    retry = maximise(part, GRID[best[again]], reml, tol, maxiter)
+    better = retry.converged & (criterion(part, retry.fit, reml) > value)
     n_iter = local.n_iter.copy()
     n_iter[again] += retry.n_iter
-    fit = _replaced(fit, again[better], _take(retry.fit, np.nonzero(better)[0]))
+    fit = replace_rows(fit, again[better], take_rows(retry.fit, np.nonzero(better)[0]))
     return RatioFit(fit, n_iter, local.converged)
 
 
@@ -341,11 +334,12 @@ def maximise(
     zero_tried = np.zeros(k, dtype=bool)
     n_iter = np.zeros(k, dtype=np.intp)
     converged = np.zeros(k, dtype=bool)
-    final: list[tuple[NDArray[np.intp], Profile]] = []
+    result: Profile | None = None  # each SNP's latest evaluation
     active = np.arange(k)
     sub = batch
     for iteration in range(1, maxiter + 1):
         fit = profile(sub, delta[active], reml)
+        result = fit if result is None else replace_rows(result, active, fit)
         d, slope, curvature = fit.delta, fit.slope, fit.curvature
         n_iter[active] = iteration
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -373,8 +367,6 @@ def maximise(
         runaway = ~done & (step > MAX_RATIO)
         stop = done | runaway | (iteration == maxiter)
         converged[active[done]] = True
-        if stop.any():
-            final.append((active[stop], _take(fit, np.nonzero(stop)[0])))
         keep = np.nonzero(~stop)[0]
         if keep.size == 0:
             break
@@ -383,29 +375,5 @@ def maximise(
         delta[active] = step[keep]
         if keep.size < sub.snps.shape[0]:
             sub = sub.take(keep)
-    return RatioFit(_gather(final, k), n_iter, converged)
-
-
-def _take(fit: Profile, indices: NDArray[np.intp]) -> Profile:
-    return Profile(*(getattr(fit, name)[indices] for name in Profile.__dataclass_fields__))
-
-
-def _replaced(fit: Profile, rows: NDArray[np.intp], other: Profile) -> Profile:
-    """``fit`` with the SNPs at ``rows`` taken from ``other`` (one entry per row)."""
-    fields = {}
-    for name in Profile.__dataclass_fields__:
-        values = getattr(fit, name).copy()
-        values[rows] = getattr(other, name)
-        fields[name] = values
-    return Profile(**fields)
-
-
-def _gather(parts: list[tuple[NDArray[np.intp], Profile]], k: int) -> Profile:
-    """Reassemble per-SNP profiles recorded in pieces, in SNP order."""
-    order = np.argsort(np.concatenate([indices for indices, _ in parts]))
-    fields = {
-        name: np.concatenate([getattr(part, name) for _, part in parts])[order]
-        for name in Profile.__dataclass_fields__
-    }
-    assert len(order) == k
-    return Profile(**fields)
+    assert result is not None  # maxiter >= 1
+    return RatioFit(result, n_iter, converged)

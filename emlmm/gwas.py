@@ -479,9 +479,11 @@ class _Scanner:
         self.method, self.maxiter, self.tol = method, maxiter, tol
         self.spectrum = null.spectrum
         self.null_data = null._rotated
-        self.null_ml = null.fit()._results._estimate
+        ml_fit = null.fit()
+        self.null_ml = ml_fit._results._estimate
+        self.null_llf = float(ml_fit.llf)
         self.null_reml = null.fit(reml=True)._results._estimate
-        self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
+        self.score_test = _ScoreTest.at(self.null_data, self.null_ml)
         reml = self.null_reml
         self.null_reml_variances = _em.marginal_variances(
             self.null_data, reml.sigma2_a, reml.sigma2_e
@@ -567,7 +569,7 @@ class _Scanner:
         null = self.null_data
         batch = _scan.SnpBatch(null.exog, null.endog, rotated, null.eigenvalues)
         k, n, p = rotated.shape[0], batch.nobs, batch.k_exog
-        result: dict[str, NDArray[Any]] = {"p_score": self._score_pvalues(rotated)}
+        result: dict[str, NDArray[Any]] = {"p_score": self.score_test.pvalues(rotated)}
         if self.method == "fixed":
             sigma2_a, sigma2_e = float(self.null_reml.sigma2_a), float(self.null_reml.sigma2_e)
             fit = _scan.profile(
@@ -635,7 +637,9 @@ class _Scanner:
         if left.size == 0 or budget <= 0:
             return fits
         em = self._fit_em(batch.take(left), null, reml, budget)
-        return fits.updated(left, em)
+        # EM's iterations come on top of the Newton steps these SNPs already took.
+        em = replace(em, n_iter=em.n_iter + fits.n_iter[left])
+        return _em.replace_rows(fits, left, em)
 
     def _fit_em(
         self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int
@@ -668,20 +672,42 @@ class _Scanner:
             trace.converged,
         )
 
-    def _score_pvalues(self, rotated: NDArray[np.float64]) -> NDArray[np.float64]:
-        """GEMMA's score test (``-lmm 3``) at the null ML variance components."""
-        null = self.null_data
-        variances = _em.marginal_variances(null, self.null_ml.sigma2_a, self.null_ml.sigma2_e)
+
+@dataclass(frozen=True)
+class _ScoreTest:
+    """GEMMA's score test (``-lmm 3``) at the null model's ML variance components.
+
+    The null model's pieces are the same for every SNP, so they are computed once.
+    """
+
+    #: ``[X, r] / v``: the covariates and the null GLS residual, weighted by V^-1.
+    weighted_columns: NDArray[np.float64]
+    inverse_variances: NDArray[np.float64]
+    cov_beta: NDArray[np.float64]
+    rss: float
+    df_resid: int
+
+    @classmethod
+    def at(cls, null: _em.RotatedData, estimate: _em.Estimate) -> _ScoreTest:
+        variances = _em.marginal_variances(null, estimate.sigma2_a, estimate.sigma2_e)
         _, cov_beta, resid = _em.gls(null, variances)
-        weighted = rotated / variances
-        cross = weighted @ null.exog
-        p_xy = weighted @ resid
-        p_xx = np.einsum("kn,kn->k", rotated, weighted) - np.einsum(
-            "ki,ki->k", cross, cross @ cov_beta
+        return cls(
+            np.column_stack([null.exog, resid]) / variances[:, None],
+            1.0 / variances,
+            cov_beta,
+            float(resid @ (resid / variances)),
+            null.nobs - null.k_exog - 1,
         )
-        p_yy = resid @ (resid / variances)
-        statistic = null.nobs * p_xy**2 / (p_yy * p_xx)
-        return stats.f.sf(statistic, 1, null.nobs - null.k_exog - 1)
+
+    def pvalues(self, rotated: NDArray[np.float64]) -> NDArray[np.float64]:
+        """P-values for the SNPs given as rows of ``rotated``."""
+        projected = rotated @ self.weighted_columns
+        cross, p_xy = projected[:, :-1], projected[:, -1]
+        p_xx = (rotated * rotated) @ self.inverse_variances - np.einsum(
+            "ki,ki->k", cross, cross @ self.cov_beta
+        )
+        statistic = len(self.inverse_variances) * p_xy**2 / (self.rss * p_xx)
+        return stats.f.sf(statistic, 1, self.df_resid)
 
 
 @dataclass(frozen=True)
@@ -696,16 +722,6 @@ class _SnpFits:
     llf: NDArray[np.float64]
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
-
-    def updated(self, rows: NDArray[np.intp], other: _SnpFits) -> _SnpFits:
-        """These fits with ``rows`` refitted as ``other``, whose iterations add to these."""
-        fields = {}
-        for name in self.__dataclass_fields__:
-            values = getattr(self, name).copy()
-            values[rows] = getattr(other, name)
-            fields[name] = values
-        fields["n_iter"][rows] += self.n_iter[rows]
-        return _SnpFits(**fields)
 
 
 def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:

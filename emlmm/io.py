@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import DTypeLike, NDArray
 
+from emlmm._data import check_count
+
 __all__ = ["LabMatrices", "PlinkGenotypes", "read_lab", "read_plink"]
 
 _BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
@@ -279,12 +281,9 @@ class PlinkGenotypes:
         block : numpy.ndarray
             ``read(start, stop)``.
         """
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-            raise TypeError(f"chunk_size must be an integer, not {type(chunk_size).__name__}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
-        for start in range(0, self.n_snps, int(chunk_size)):
-            stop = min(start + int(chunk_size), self.n_snps)
+        chunk_size = check_count("chunk_size", chunk_size)
+        for start in range(0, self.n_snps, chunk_size):
+            stop = min(start + chunk_size, self.n_snps)
             yield start, stop, self.read(start, stop, dtype=dtype)
 
     def phenotype(self, column: int = 1) -> pd.Series:
@@ -450,13 +449,28 @@ class LabMatrices:
     kinship: pd.DataFrame
 
 
-def _read_matrix(path: Path) -> NDArray[np.float64]:
+def read_text_matrix(path: str | os.PathLike[str]) -> NDArray[np.float64]:
     """Parse a headerless whitespace-separated numeric matrix like R's ``read.table``.
 
     Blank lines and ``#`` comments are skipped and ``NA`` is missing, as in
     ``read.table``; ragged rows and non-numeric tokens are errors that name
-    the file and the (1-based) line.
+    the file and the (1-based) line. Used for the lab's files and the command
+    line's kinship and covariate files.
     """
+    # pandas' C parser reads a plain rectangular matrix (a large kinship) several
+    # times faster; anything it rejects or pads with NaN (comments, missing values,
+    # ragged or non-numeric lines) is read line by line, which names the problem.
+    try:
+        values = pd.read_csv(path, sep=r"\s+", header=None, dtype=float).to_numpy()
+    except ValueError:  # pandas' ParserError and EmptyDataError are ValueErrors
+        values = None
+    if values is not None and values.size and not np.isnan(values).any():
+        return values
+    return _read_matrix_lines(Path(path))
+
+
+def _read_matrix_lines(path: Path) -> NDArray[np.float64]:
+    """:func:`read_text_matrix`, token by token."""
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     with open(path, encoding="utf-8") as handle:
@@ -542,7 +556,7 @@ def read_lab(
     2       2.0  0.0  1.0
     """
     paths = {"X": Path(x), "Y": Path(y), "A": Path(a)}
-    matrices = {name: _read_matrix(path) for name, path in paths.items()}
+    matrices = {name: read_text_matrix(path) for name, path in paths.items()}
     genotypes, phenotype, kinship = matrices["X"], matrices["Y"], matrices["A"]
     if phenotype.shape[1] != 1:
         raise ValueError(

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from emlmm._data import check_count
 from emlmm.io import PlinkGenotypes
 
 __all__ = ["kinship"]
@@ -272,16 +273,13 @@ def kinship(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be 'centered' or 'standardized', not {method!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        raise TypeError(f"chunk_size must be an integer, not {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+    chunk_size = check_count("chunk_size", chunk_size)
     if not 0.0 <= min_maf <= 0.5:
         raise ValueError(f"min_maf must be between 0 and 0.5, not {min_maf}")
     if not 0.0 <= max_missing <= 1.0:
         raise ValueError(f"max_missing must be between 0 and 1, not {max_missing}")
 
-    n_samples, snp_name, blocks = _chunks(genotypes, int(chunk_size))
+    n_samples, snp_name, blocks = _chunks(genotypes, chunk_size)
     matrix, counts = kinship_sum(n_samples, blocks, snp_name, method, min_maf, max_missing)
     if counts.used == 0:
         raise ValueError(

@@ -275,7 +275,8 @@ class EMLMM(LikelihoodModel):
         tol : float, optional
             Convergence tolerance (see ``method``).
         reml : bool
-            Restricted maximum likelihood by REML EM updates (``method="em"`` only).
+            Restricted maximum likelihood by REML EM updates (``"em"`` and
+            ``"accelerated"``; the lab's algorithm is ML only).
         disp : bool
             Print one line per iteration, as the lab asks:
             ``iteration = 1, loglikelihood = -500.123``.

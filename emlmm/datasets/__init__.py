@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emlmm.io import read_lab
+
 __all__ = ["LabData", "lab_files", "load_lab"]
 
 _LAB_FILES = {"X": "lab_X.txt", "Y": "lab_Y.txt", "A": "lab_A.txt"}
@@ -132,9 +134,9 @@ def load_lab() -> LabData:
         index_col="snp",
         dtype={"snp": str, "chr": np.int64, "pos": np.int64, "causal": np.int64},
     )
-    x = np.loadtxt(paths["X"], dtype=np.int64, ndmin=2)
-    y = np.loadtxt(paths["Y"], dtype=np.float64, ndmin=1)
-    a = np.loadtxt(paths["A"], dtype=np.float64, ndmin=2)
+    files = read_lab(paths["X"], paths["Y"], paths["A"])
+    x = files.genotypes.to_numpy().astype(np.int64)
+    y, a = files.phenotype.to_numpy(), files.kinship.to_numpy()
     n, m = len(samples), len(snps)
     if x.shape != (n, m) or y.shape != (n,) or a.shape != (n, n):
         raise ValueError(

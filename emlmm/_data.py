@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 _SHOW_LABELS = 5
+#: Largest condition number of the (column-scaled) design: beyond it X' V^-1 X, whose
+#: condition number is about its square, cannot be inverted to useful precision.
+MAX_CONDITION = 1e7
 
 
 def _preview(labels: Sequence[Any]) -> str:
@@ -185,12 +188,29 @@ def check_design(
             f"{nobs} observations are not enough for {k_exog} fixed effects plus two "
             "variance components"
         )
-    rank = np.linalg.matrix_rank(exog)
+    # Rank and conditioning of the design with every column scaled to a largest
+    # value of 1, so that neither depends on the columns' units.
+    largest = np.abs(exog).max(axis=0)
+    scaled = exog / np.where(largest > 0, largest, 1.0)
+    singular_values = np.linalg.svd(scaled, compute_uv=False)
+    tolerance = max(scaled.shape) * np.finfo(float).eps * singular_values[0]
+    rank = int(np.count_nonzero(singular_values > tolerance))
     if rank < k_exog:
         raise ValueError(
             f"exog is rank deficient (rank {rank} < {k_exog} columns): "
-            f"{_preview(_redundant_columns(exog, exog_names))} are linear combinations "
+            f"{_preview(_redundant_columns(scaled, exog_names))} are linear combinations "
             "of the columns before them; drop them or reparametrise"
+        )
+    condition = float(singular_values[0] / singular_values[-1])
+    if condition > MAX_CONDITION:
+        _, _, right = np.linalg.svd(scaled)
+        weights = np.abs(right[-1])
+        involved = [exog_names[j] for j in np.nonzero(weights >= 0.1 * weights.max())[0]]
+        raise ValueError(
+            f"exog is ill-conditioned: its condition number is {condition:.3g} with every "
+            f"column scaled to a largest value of 1 (at most {MAX_CONDITION:.0e} can be "
+            f"fitted reliably); columns {_preview(involved)} are nearly linear "
+            "combinations of each other. Drop one, or center and rescale them."
         )
 
 
@@ -199,7 +219,7 @@ def _redundant_columns(exog: NDArray[np.float64], exog_names: Sequence[str]) -> 
     kept: list[int] = []
     redundant = []
     for column in range(exog.shape[1]):
-        if np.linalg.matrix_rank(exog[:, [*kept, column]]) > len(kept):
+        if np.linalg.matrix_rank(exog[:, [*kept, column]], tol=1e-10) > len(kept):
             kept.append(column)
         else:
             redundant.append(exog_names[column])

@@ -52,12 +52,27 @@ class SnpBatch:
     """Rotated covariates and response, shared, and a batch of rotated SNPs.
 
     ``snps`` has one row per SNP (``k x n``, C-contiguous): a row is ``U' g``.
+    With ``inverse`` the ratio is ``sigma2_e / sigma2_a`` instead, so that the
+    boundary sigma2_e = 0 is the ratio 0: ``H = diag(s + delta)``, ``V = sigma2_a H``
+    (which needs every eigenvalue positive). Either way ``H = diag(delta d + c)``
+    with ``(d, c) = (s, 1)``, or ``(1, s)`` with ``inverse``.
     """
 
     covariates: Array
     endog: Array
     snps: Array
     eigenvalues: Array
+    inverse: bool = False
+
+    @cached_property
+    def slopes(self) -> Array:
+        """``d``: the derivative of H's diagonal with respect to the ratio."""
+        return np.ones_like(self.eigenvalues) if self.inverse else self.eigenvalues
+
+    @cached_property
+    def offsets(self) -> Array:
+        """``c``: H's diagonal at ratio 0."""
+        return self.eigenvalues if self.inverse else np.ones_like(self.eigenvalues)
 
     @property
     def nobs(self) -> int:
@@ -111,7 +126,7 @@ class SnpBatch:
 
         Computed once per batch, then shared by the ML and the REML check.
         """
-        weights = 1.0 / (np.multiply.outer(GRID, self.eigenvalues) + 1.0)
+        weights = 1.0 / (np.multiply.outer(GRID, self.slopes) + self.offsets)
         cov_unscaled, _, _, rss = _gls(self.cross_products_at(weights), self.k_exog)
         return cov_unscaled, rss, -np.log(weights).sum(axis=-1)
 
@@ -166,27 +181,27 @@ class Profile:
 
 def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True) -> Profile:
     """Evaluate the profiled ML (or REML) criterion's pieces at ``delta`` (shape ``(k,)``)."""
-    s = batch.eigenvalues
+    s, offsets = batch.slopes, batch.offsets
     p = batch.k_exog
     if delta.size and np.all(delta == delta[0]):
-        weights = 1.0 / (delta[0] * s + 1.0)  # one ratio for all: shared weights
+        weights = 1.0 / (delta[0] * s + offsets)  # one ratio for all: shared weights
     else:
         weights = np.multiply.outer(delta, s)
-        weights += 1.0
+        weights += offsets
         np.reciprocal(weights, out=weights)
     m1 = batch.cross_products(weights)
     cov_unscaled, beta, u, rss = _gls(m1, p)
     if not derivatives:
         nan = np.full_like(rss, np.nan)
         return Profile(delta, beta, cov_unscaled, rss, nan, nan)
-    scaled = weights * s  # s w
-    m2_weights = scaled * weights  # s w^2
+    scaled = weights * s  # d w, d = dH / d delta
+    m2_weights = scaled * weights  # d w^2
     m2 = batch.cross_products(m2_weights)
-    m3 = batch.cross_products(m2_weights * scaled)  # s^2 w^3
-    trace_1 = np.broadcast_to(scaled.sum(axis=-1), delta.shape)  # tr(H^-1 A)
+    m3 = batch.cross_products(m2_weights * scaled)  # d^2 w^3
+    trace_1 = np.broadcast_to(scaled.sum(axis=-1), delta.shape)  # tr(H^-1 H')
     trace_2 = np.broadcast_to(
         np.einsum("...n,...n->...", scaled, scaled), delta.shape
-    )  # tr((H^-1 A)^2)
+    )  # tr((H^-1 H')^2)
     # rss' = -u' M2 u; rss'' = 2 (u' M3 u - v' (X'H^-1X)^-1 v) with v = (M2 u)_X.
     m2u = np.einsum("kij,kj->ki", m2, u)
     v = m2u[:, :p]
@@ -221,11 +236,11 @@ def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array]:
 
 
 def log_det_h(batch: SnpBatch, delta: Array) -> Array:
-    """``log|H| = sum(log(1 + delta s))`` for each ratio in ``delta``."""
+    """``log|H| = sum(log(delta d + c))`` for each ratio in ``delta``."""
     # log of 1 + delta s, not log1p: twice as fast, and each term is still within
     # one rounding of its value in absolute terms, which is what the sum needs.
-    terms = np.multiply.outer(delta, batch.eigenvalues)
-    terms += 1.0
+    terms = np.multiply.outer(delta, batch.slopes)
+    terms += batch.offsets
     return np.log(terms, out=terms).sum(axis=-1)
 
 
@@ -256,11 +271,18 @@ def grid_criterion(batch: SnpBatch, reml: bool) -> Array:
     return _value(rss, log_det, cov_unscaled, batch.nobs, batch.k_exog, reml)
 
 
-def variances(batch: SnpBatch, fit: Profile, reml: bool) -> tuple[Array, Array]:
-    """(sigma2_a, sigma2_e) at ``fit.delta``, sigma2_e profiled."""
+def scale(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
+    """The profiled scale ``V / H``: sigma2_e (sigma2_a with ``inverse``)."""
     dof = batch.nobs - batch.k_exog if reml else batch.nobs
-    sigma2_e = fit.rss / dof
-    return fit.delta * sigma2_e, sigma2_e
+    return fit.rss / dof
+
+
+def variances(batch: SnpBatch, fit: Profile, reml: bool) -> tuple[Array, Array]:
+    """(sigma2_a, sigma2_e) at ``fit.delta``, the scale profiled."""
+    scale_ = scale(batch, fit, reml)
+    if batch.inverse:
+        return scale_, fit.delta * scale_
+    return fit.delta * scale_, scale_
 
 
 @dataclass(frozen=True)
@@ -290,8 +312,8 @@ def maximise_globally(
     best_value = np.take_along_axis(grid, best[:, None], axis=1)[:, 0]
     # log|H| is concave in delta, so its tangent at ``start`` bounds it from above
     # and the criterion from below.
-    s = batch.eigenvalues
-    tangent = np.log1p(start * s).sum() + (s / (1.0 + start * s)).sum() * (local.fit.delta - start)
+    d, c = batch.slopes, batch.offsets
+    tangent = np.log(start * d + c).sum() + (d / (start * d + c)).sum() * (local.fit.delta - start)
     fit = local.fit
     bound = _value(fit.rss, tangent, fit.cov_unscaled, batch.nobs, batch.k_exog, reml)
     close = np.nonzero(local.converged & (best_value > bound - _MARGIN * (1.0 + np.abs(bound))))[0]

@@ -30,6 +30,9 @@ from emlmm.model import EMLMM
 __all__ = ["gwas"]
 
 ScanMethod = Literal["exact", "fixed"]
+#: Scan fits use sigma2_e / sigma2_a as their ratio when the null model's is below
+#: this (relative to the kinship's mean eigenvalue): a trait with h2 above ~0.99.
+INVERSE_RATIO_SWITCH = 1e-2
 ProgressCallback = Callable[[int, int], None]
 
 #: Output columns, in order (``chr`` and ``pos`` come first when known).
@@ -477,11 +480,21 @@ class _Scanner:
 
     def __init__(self, null: EMLMM, method: ScanMethod, maxiter: int, tol: float) -> None:
         self.method, self.maxiter, self.tol = method, maxiter, tol
+        # Everything below is in the units of the null model's numerics: scaled, and
+        # reduced to the kinship's column space where the covariates absorb its null
+        # space. Statistics are mapped back to the user's units in _statistics.
+        fit_data = null._fit_data
         self.spectrum = null.spectrum
-        self.null_data = null._rotated
-        ml_fit = null.fit()
-        self.null_ml = ml_fit._results._estimate
-        self.null_llf = float(ml_fit.llf)
+        self.endog_scale = fit_data.endog_scale
+        self.ml_offset = fit_data.llf_offset(reml=False)
+        self.eigenvectors = (
+            null.spectrum.eigenvectors[:, fit_data.kept]
+            if fit_data.reduced
+            else null.spectrum.eigenvectors
+        )
+        self.null_data = fit_data.rotated
+        self.null_ml = null.fit()._results._estimate
+        self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
         self.null_reml = null.fit(reml=True)._results._estimate
         self.score_test = _ScoreTest.at(self.null_data, self.null_ml)
         reml = self.null_reml
@@ -503,7 +516,7 @@ class _Scanner:
         table["n_iter"], table["converged"], table["note"] = 0, False, ""
         imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
         # (U'G)', one row per SNP: per-SNP sums then run along contiguous memory.
-        rotated = imputed.T @ self.spectrum.eigenvectors
+        rotated = imputed.T @ self.eigenvectors
         notes = self._notes(block, observed, rotated)
         table["note"] = notes
         good = np.nonzero(notes == "")[0]
@@ -602,22 +615,36 @@ class _Scanner:
         lrt = np.maximum(lrt, 0.0)
         se = np.sqrt(cov_beta[:, -1, -1])
         wald = (beta[:, -1] / se) ** 2
+        scale = self.endog_scale
         result.update(
-            beta=beta[:, -1],
-            se=se,
+            beta=scale * beta[:, -1],
+            se=scale * se,
             p_wald=stats.f.sf(wald, 1, n - p),
-            llf=llf,
+            llf=llf + self.ml_offset,
             lrt=lrt,
             p_lrt=stats.chi2.sf(lrt, 1),
+            sigma2_a=scale**2 * result["sigma2_a"],
+            sigma2_e=scale**2 * result["sigma2_e"],
         )
         return result
 
     def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
         """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
         for a better maximum), EM where Newton gave up."""
-        # A null model with sigma2_e = 0 still gives Newton a (large) finite start: a
-        # SNP may bring sigma2_e back, and those that do not run off to EM.
-        start = float(null.sigma2_a / null.sigma2_e) if null.sigma2_e > 0 else _scan.LARGE_RATIO
+        # Near the boundary sigma2_e = 0 (a highly heritable trait), Newton works on
+        # sigma2_e / sigma2_a, where that boundary is the ratio 0 and is reached
+        # exactly; elsewhere on sigma2_a / sigma2_e, where sigma2_a = 0 is.
+        eigenvalues = batch.eigenvalues
+        inverse = bool(eigenvalues.min() > 0.0) and bool(
+            null.sigma2_e <= INVERSE_RATIO_SWITCH * null.sigma2_a * eigenvalues.mean()
+        )
+        if inverse:
+            batch = replace(batch, inverse=True)
+            start = float(null.sigma2_e / null.sigma2_a)
+        elif null.sigma2_e > 0:
+            start = float(null.sigma2_a / null.sigma2_e)
+        else:
+            start = _scan.LARGE_RATIO
         k = batch.snps.shape[0]
         newton = _scan.maximise_globally(
             batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
@@ -625,7 +652,7 @@ class _Scanner:
         sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
         fits = _SnpFits(
             newton.fit.beta,
-            sigma2_e[:, None, None] * newton.fit.cov_unscaled,
+            _scan.scale(batch, newton.fit, reml)[:, None, None] * newton.fit.cov_unscaled,
             sigma2_a,
             sigma2_e,
             np.full(k, np.nan) if reml else _scan.criterion(batch, newton.fit, reml),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ from emlmm._data import (
     check_numeric,
     check_positive,
 )
+from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 
 __all__ = ["EMLMM"]
@@ -125,17 +127,23 @@ class EMLMM(LikelihoodModel):
                 f"{eigenvalues.max():.6g}), so V = (c sigma2_a + sigma2_e) I and sigma2_a and "
                 "sigma2_e are not separately identifiable; fit OLS instead"
             )
-        self._rotated = _em.RotatedData.build(
-            endog=self.spectrum.rotate(self.endog),
-            exog=self.spectrum.rotate(self.exog),
-            eigenvalues=self.spectrum.eigenvalues,
-        )
+        self._fit_data = FitData.build(self.spectrum, self.endog, self.exog)
+        self._rotated = self._fit_data.rotated
         ols_variance = float(_em.ols_estimate(self._rotated, reml=False).sigma2_e)
-        if np.sqrt(ols_variance) <= 1e-10 * np.abs(self.endog).max():
+        # The data are scaled to a largest value near 1, so this threshold is relative.
+        if np.sqrt(ols_variance) <= 1e-10:
             raise ValueError(
                 "endog is exactly a linear combination of exog (for example a constant "
                 "response with an intercept): there is no variance to model"
             )
+
+    @cached_property
+    def _lab_data(self) -> FitData:
+        """The data for the lab's algorithm: scaled and rotated, never reduced (the
+        lab's ginv treatment of a singular kinship works on every direction)."""
+        if not self._fit_data.reduced:
+            return self._fit_data
+        return FitData.build(self.spectrum, self.endog, self.exog, reduce=False)
 
     @classmethod
     def from_formula(  # type: ignore[override]
@@ -199,15 +207,17 @@ class EMLMM(LikelihoodModel):
         ``OLS(...).fit().llf``; with ``reml=True`` the restricted likelihood of
         the variance components (the fixed effects in ``params`` are then ignored).
         """
-        estimate = self._unpack(params)
-        return float(_em.criterion(self._rotated, estimate, reml))
+        coefficients, sigma2_a, sigma2_e = self._unpack(params)
+        data = self._fit_data
+        estimate = data.from_user(coefficients, sigma2_a, sigma2_e)
+        return float(_em.criterion(data.rotated, estimate, reml)) + data.llf_offset(reml)
 
     def predict(self, params: ArrayLike, exog: ArrayLike | None = None) -> NDArray[np.float64]:
         """Marginal mean ``exog @ params`` (fixed effects only)."""
         exog = self.exog if exog is None else np.asarray(exog, dtype=float)
         return exog @ np.asarray(params, dtype=float)[: self.k_exog]
 
-    def _unpack(self, params: ArrayLike) -> _em.Estimate:
+    def _unpack(self, params: ArrayLike) -> tuple[NDArray[np.float64], float, float]:
         values = np.asarray(params, dtype=float)
         if values.shape != (self.k_exog + 2,):
             raise ValueError(
@@ -220,23 +230,26 @@ class EMLMM(LikelihoodModel):
             raise ValueError(
                 f"variances must satisfy sigma2_a >= 0 and sigma2_e > 0; got {values[-2:]}"
             )
-        return _em.Estimate.of(values[: self.k_exog], values[-2], values[-1])
+        return values[: self.k_exog], float(values[-2]), float(values[-1])
 
-    def _start(self, start_params: ArrayLike | str | None, reml: bool) -> _em.Estimate:
+    def _start(
+        self, data: FitData, start_params: ArrayLike | str | None, reml: bool
+    ) -> _em.Estimate:
+        """Start values in the units of ``data``'s numerics."""
         if start_params is None:
-            return _em.grid_start(self._rotated, reml)
+            return _em.grid_start(data.rotated, reml)
         if isinstance(start_params, str):
             if start_params != "lab":
                 raise ValueError(
                     f"start_params must be None, 'lab' or an array, not {start_params!r}"
                 )
-            return _em.Estimate.of(
+            return data.from_user(
                 np.zeros(self.k_exog), _em.LAB_START_SIGMA2_A, _em.LAB_START_SIGMA2_E
             )
-        estimate = self._unpack(start_params)
-        if estimate.sigma2_a == 0.0:
+        coefficients, sigma2_a, sigma2_e = self._unpack(start_params)
+        if sigma2_a == 0.0:
             raise ValueError("EM cannot leave sigma2_a = 0; start it at a positive value")
-        return estimate
+        return data.from_user(coefficients, sigma2_a, sigma2_e)
 
     def fit(  # type: ignore[override]
         self,
@@ -311,24 +324,26 @@ class EMLMM(LikelihoodModel):
             )
         if tol is None:
             tol = _em.LAB_TOLERANCE if lab else _em.DEFAULT_TOLERANCE
+        data = self._lab_data if lab else self._fit_data
+        offset = data.llf_offset(reml)
         trace = _em.fit_em(
-            self._rotated,
-            self._start(start_params, reml),
+            data.rotated,
+            self._start(data, start_params, reml),
             reml=reml,
             lab=lab,
             maxiter=maxiter,
             tol=tol,
             accelerate=method == "accelerated",
-            callback=_print_iteration if disp else None,
+            callback=(lambda k, value: _print_iteration(k, value + offset)) if disp else None,
         )
         if not trace.converged.all():
             warnings.warn(
                 f"EM did not converge in {maxiter} iterations (last log-likelihood "
-                f"{trace.llf_history[-1]:.6f}); raise maxiter or loosen tol",
+                f"{trace.llf_history[-1] + offset:.6f}); raise maxiter or loosen tol",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        results = EMLMMResults(self, trace, reml=reml, method=method, use_t=use_t)
+        results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
         return EMLMMResultsWrapper(results)
 
 

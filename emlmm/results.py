@@ -17,6 +17,7 @@ from statsmodels.iolib.table import SimpleTable
 from emlmm import _em
 
 if TYPE_CHECKING:
+    from emlmm._design import FitData
     from emlmm.model import EMLMM
 
 __all__ = ["EMLMMResults", "EMLMMResultsWrapper", "LikelihoodRatioTest"]
@@ -106,30 +107,52 @@ class EMLMMResults(LikelihoodModelResults):
     model: EMLMM
 
     def __init__(
-        self, model: EMLMM, trace: _em.EMTrace, *, reml: bool, method: str, use_t: bool
+        self,
+        model: EMLMM,
+        trace: _em.EMTrace,
+        fit_data: FitData,
+        *,
+        reml: bool,
+        method: str,
+        use_t: bool,
     ) -> None:
+        # ``trace`` is in the units of ``fit_data``'s numerics (scaled, and reduced to
+        # the kinship's column space where the covariates absorb its null space).
         estimate = trace.estimate
-        variances = _em.marginal_variances(model._rotated, estimate.sigma2_a, estimate.sigma2_e)
-        _, cov_beta, _ = _em.gls(model._rotated, variances)
-        super().__init__(model, estimate.beta, normalized_cov_params=cov_beta, scale=1.0)
+        data = fit_data.rotated
+        variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
+        _, cov_gamma, _ = _em.gls(data, variances)
+        params, sigma2_a, sigma2_e = fit_data.to_user(estimate)
+        cov_beta = fit_data.coefficient_covariance(cov_gamma, float(estimate.sigma2_e))
+        super().__init__(model, params, normalized_cov_params=cov_beta, scale=1.0)
         self.use_t = use_t
         self.nobs = model.nobs
         self.df_model = model.df_model
         self.df_resid = model.df_resid
-        self.sigma2_a = float(estimate.sigma2_a)
-        self.sigma2_e = float(estimate.sigma2_e)
-        self.llf_history = np.asarray(trace.llf_history)
-        self.variance_history = np.asarray(trace.variance_history).reshape(-1, 2)
+        self.sigma2_a = sigma2_a
+        self.sigma2_e = sigma2_e
+        self.llf_history = np.asarray(trace.llf_history) + fit_data.llf_offset(reml)
+        self.variance_history = (
+            np.asarray(trace.variance_history).reshape(-1, 2) * fit_data.endog_scale**2
+        )
         self.n_iter = int(trace.n_iter.max())
         self.converged = bool(trace.converged.all())
         self.reml = reml
         self.method = method
         self._estimate = estimate
+        self._fit_data = fit_data
 
     @cached_property
     def llf(self) -> float:
-        """Log-likelihood at the estimates (restricted log-likelihood for REML)."""
-        return float(_em.criterion(self.model._rotated, self._estimate, self.reml))
+        """Log-likelihood at the estimates (restricted log-likelihood for REML).
+
+        Where the covariates absorb the kinship's null space (a centered kinship
+        with an intercept), the maximum-likelihood value is that of the data in the
+        kinship's column space, ``n - n0`` dimensional: the full likelihood has no
+        maximum there (see :ref:`the boundary tutorial <boundary-singular>`).
+        """
+        value = _em.criterion(self._fit_data.rotated, self._estimate, self.reml)
+        return float(value) + self._fit_data.llf_offset(self.reml)
 
     @cached_property
     def df_modelwc(self) -> int:
@@ -149,10 +172,11 @@ class EMLMMResults(LikelihoodModelResults):
     @cached_property
     def cov_variance_components(self) -> NDArray[np.float64]:
         """Covariance of (sigma2_a, sigma2_e): the inverse expected information."""
+        estimate = self._estimate
         information = _em.variance_information(
-            self.model._rotated, self.sigma2_a, self.sigma2_e, self.reml
+            self._fit_data.rotated, estimate.sigma2_a, estimate.sigma2_e, self.reml
         )
-        return np.linalg.inv(information)
+        return np.linalg.inv(information) * self._fit_data.endog_scale**4
 
     @cached_property
     def bse_sigma2_a(self) -> float:
@@ -187,10 +211,13 @@ class EMLMMResults(LikelihoodModelResults):
     @cached_property
     def random_effects(self) -> NDArray[np.float64]:
         """Best linear unbiased prediction of ``a``: ``sigma2_a A V^-1 (y - X beta)``."""
-        data = self.model._rotated
-        variances = _em.marginal_variances(data, self.sigma2_a, self.sigma2_e)
-        resid = data.endog - data.exog @ self.params
-        return self.model.spectrum.unrotate(self.sigma2_a * data.eigenvalues * resid / variances)
+        fit_data, estimate = self._fit_data, self._estimate
+        data = fit_data.rotated
+        variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
+        resid = data.endog - data.exog @ estimate.beta
+        rotated = estimate.sigma2_a * data.eigenvalues * resid / variances
+        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]
+        return fit_data.endog_scale * (eigenvectors @ rotated)
 
     @cached_property
     def fittedvalues(self) -> NDArray[np.float64]:
@@ -224,9 +251,10 @@ class EMLMMResults(LikelihoodModelResults):
         -------
         LikelihoodRatioTest
         """
-        data = self.model._rotated
-        restricted = float(_em.criterion(data, _em.ols_estimate(data, self.reml), self.reml))
-        statistic = max(2.0 * (self.llf - restricted), 0.0)
+        data = self._fit_data.rotated
+        restricted = _em.criterion(data, _em.ols_estimate(data, self.reml), self.reml)
+        unrestricted = _em.criterion(data, self._estimate, self.reml)
+        statistic = max(2.0 * float(unrestricted - restricted), 0.0)
         naive = float(stats.chi2.sf(statistic, 1))
         pvalue = 1.0 if statistic == 0.0 else 0.5 * naive
         return LikelihoodRatioTest(statistic, 1, pvalue, naive)
@@ -279,6 +307,12 @@ class EMLMMResults(LikelihoodModelResults):
             )
         if not np.allclose(full_model.kinship, small_model.kinship):
             raise ValueError("the two fits use different kinship matrices")
+        if self._fit_data.reduced != other._fit_data.reduced:
+            raise ValueError(
+                "only one of the two designs reaches the kinship's null space (e.g. one "
+                "has an intercept and the kinship is centered), so their likelihoods are "
+                "of data of different dimensions; give both the same such covariates"
+            )
         df_diff = full_model.k_exog - small_model.k_exog
         if df_diff <= 0:
             raise ValueError(

@@ -173,7 +173,8 @@ class FitData:
         return scaled * self.coefficient_scales
 
     def coefficient_covariance(self, cov_gamma: Array, sigma2_e: float) -> Array:
-        """Covariance of the user's coefficients from that of ``gamma``.
+        """Covariance of the scaled coefficients from that of ``gamma``; the user's is
+        this times ``outer(coefficient_scales, coefficient_scales)``.
 
         The coefficients fitted from the null-space directions also carry the noise of
         those directions (variance ``sigma2_e``, in scaled units).
@@ -183,26 +184,38 @@ class FitData:
         if self.absorbed_basis.shape[1]:
             noise = self.absorbed_basis @ self.absorbed_solve
             cov = cov + sigma2_e * noise @ noise.T
-        return cov * np.multiply.outer(self.coefficient_scales, self.coefficient_scales)
+        return cov
 
     def gamma(self, coefficients: Array) -> Array:
         """The numerics' ``gamma`` for the user's coefficients (least squares)."""
         return (np.asarray(coefficients, float) / self.coefficient_scales) @ self.basis
 
+    def variances_to_user(self, variances: Array, power: int = 1) -> Array:
+        """Variances (``power=1``) or their products (``power=2``) in the user's units.
+
+        A response beyond about 1e154 has variances beyond the largest float: they are
+        inf then (h2, the tests and the fixed effects' standard errors stay exact).
+        """
+        scaled = np.asarray(variances, dtype=float)
+        with np.errstate(over="ignore"):
+            for _ in range(2 * power):
+                scaled = scaled * self.endog_scale
+        return scaled
+
     def to_user(self, estimate: Estimate) -> tuple[Array, float, float]:
         """(coefficients, sigma2_a, sigma2_e) in the user's units."""
-        variance_scale = self.endog_scale**2
         return (
             self.coefficients(estimate.beta),
-            float(estimate.sigma2_a) * variance_scale,
-            float(estimate.sigma2_e) * variance_scale,
+            float(self.variances_to_user(estimate.sigma2_a)),
+            float(self.variances_to_user(estimate.sigma2_e)),
         )
 
     def from_user(self, coefficients: Array, sigma2_a: float, sigma2_e: float) -> Estimate:
         """An estimate in the numerics' units from the user's."""
-        variance_scale = self.endog_scale**2
         return Estimate.of(
-            self.gamma(coefficients), sigma2_a / variance_scale, sigma2_e / variance_scale
+            self.gamma(coefficients),
+            sigma2_a / self.endog_scale / self.endog_scale,
+            sigma2_e / self.endog_scale / self.endog_scale,
         )
 
     def llf_offset(self, reml: bool) -> float:

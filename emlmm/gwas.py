@@ -486,6 +486,7 @@ class _Scanner:
         fit_data = null._fit_data
         self.spectrum = null.spectrum
         self.endog_scale = fit_data.endog_scale
+        self.variances_to_user = fit_data.variances_to_user
         self.ml_offset = fit_data.llf_offset(reml=False)
         self.eigenvectors = (
             null.spectrum.eigenvectors[:, fit_data.kept]
@@ -585,13 +586,14 @@ class _Scanner:
         result: dict[str, NDArray[Any]] = {"p_score": self.score_test.pvalues(rotated)}
         if self.method == "fixed":
             sigma2_a, sigma2_e = float(self.null_reml.sigma2_a), float(self.null_reml.sigma2_e)
-            fit = _scan.profile(
-                batch, np.full(k, sigma2_a / sigma2_e), reml=True, derivatives=False
-            )
-            beta, cov_beta = fit.beta, sigma2_e * fit.cov_unscaled
-            # r' V^-1 r = rss / sigma2_e, as rss weights by H^-1 = sigma2_e V^-1.
+            batch, ratio = self._parametrised(batch, self.null_reml)
+            fit = _scan.profile(batch, np.full(k, ratio), reml=True, derivatives=False)
+            # V = scale H, with the scale sigma2_e (sigma2_a for the inverse ratio).
+            scale = sigma2_a if batch.inverse else sigma2_e
+            beta, cov_beta = fit.beta, scale * fit.cov_unscaled
+            # r' V^-1 r = rss / scale, as rss weights by H^-1 = scale V^-1.
             llf = -0.5 * (
-                n * _em.LOG_2PI + np.log(self.null_reml_variances).sum() + fit.rss / sigma2_e
+                n * _em.LOG_2PI + np.log(self.null_reml_variances).sum() + fit.rss / scale
             )
             lrt = 2.0 * (llf - self.null_fixed_llf)
             result.update(
@@ -623,28 +625,34 @@ class _Scanner:
             llf=llf + self.ml_offset,
             lrt=lrt,
             p_lrt=stats.chi2.sf(lrt, 1),
-            sigma2_a=scale**2 * result["sigma2_a"],
-            sigma2_e=scale**2 * result["sigma2_e"],
+            sigma2_a=self.variances_to_user(result["sigma2_a"]),
+            sigma2_e=self.variances_to_user(result["sigma2_e"]),
         )
         return result
+
+    @staticmethod
+    def _parametrised(batch: _scan.SnpBatch, null: _em.Estimate) -> tuple[_scan.SnpBatch, float]:
+        """The batch in the ratio to use near ``null``, and ``null``'s ratio.
+
+        Near the boundary sigma2_e = 0 (a highly heritable trait) that is
+        sigma2_e / sigma2_a, where the boundary is the ratio 0 and is reached
+        exactly; elsewhere sigma2_a / sigma2_e, where sigma2_a = 0 is.
+        """
+        eigenvalues = batch.eigenvalues
+        sigma2_a, sigma2_e = float(null.sigma2_a), float(null.sigma2_e)
+        if eigenvalues.min() > 0.0 and (
+            sigma2_e <= INVERSE_RATIO_SWITCH * sigma2_a * float(eigenvalues.mean())
+        ):
+            return replace(batch, inverse=True), sigma2_e / sigma2_a
+        # A null model with sigma2_e = 0 on a singular kinship still gives Newton a
+        # (large) finite start: a SNP may bring sigma2_e back, and those that do not
+        # run off to EM.
+        return batch, sigma2_a / sigma2_e if sigma2_e > 0 else _scan.LARGE_RATIO
 
     def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
         """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
         for a better maximum), EM where Newton gave up."""
-        # Near the boundary sigma2_e = 0 (a highly heritable trait), Newton works on
-        # sigma2_e / sigma2_a, where that boundary is the ratio 0 and is reached
-        # exactly; elsewhere on sigma2_a / sigma2_e, where sigma2_a = 0 is.
-        eigenvalues = batch.eigenvalues
-        inverse = bool(eigenvalues.min() > 0.0) and bool(
-            null.sigma2_e <= INVERSE_RATIO_SWITCH * null.sigma2_a * eigenvalues.mean()
-        )
-        if inverse:
-            batch = replace(batch, inverse=True)
-            start = float(null.sigma2_e / null.sigma2_a)
-        elif null.sigma2_e > 0:
-            start = float(null.sigma2_a / null.sigma2_e)
-        else:
-            start = _scan.LARGE_RATIO
+        batch, start = self._parametrised(batch, null)
         k = batch.snps.shape[0]
         newton = _scan.maximise_globally(
             batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)

@@ -116,7 +116,9 @@ class EMLMM(LikelihoodModel):
             self.endog = self.endog[:, 0]
         if self.endog.ndim != 1:
             raise ValueError(f"endog must be one column; it has shape {self.endog.shape}")
-        check_design(self.endog, self.exog, self.exog_names)
+        with np.errstate(over="ignore"):  # statsmodels names columns from their variance
+            exog_names = self.exog_names
+        check_design(self.endog, self.exog, exog_names)
         self.spectrum = KinshipSpectrum.from_kinship(self.kinship)
         if self.spectrum.rank == 0:
             raise ValueError("kinship is zero: it has no positive eigenvalue")

@@ -123,7 +123,12 @@ class EMLMMResults(LikelihoodModelResults):
         variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
         _, cov_gamma, _ = _em.gls(data, variances)
         params, sigma2_a, sigma2_e = fit_data.to_user(estimate)
-        cov_beta = fit_data.coefficient_covariance(cov_gamma, float(estimate.sigma2_e))
+        self._scaled_cov_beta = fit_data.coefficient_covariance(
+            cov_gamma, float(estimate.sigma2_e)
+        )
+        scales = fit_data.coefficient_scales
+        with np.errstate(over="ignore"):  # inf beyond the largest float; bse stays exact
+            cov_beta = self._scaled_cov_beta * scales[:, None] * scales[None, :]
         super().__init__(model, params, normalized_cov_params=cov_beta, scale=1.0)
         self.use_t = use_t
         self.nobs = model.nobs
@@ -132,8 +137,8 @@ class EMLMMResults(LikelihoodModelResults):
         self.sigma2_a = sigma2_a
         self.sigma2_e = sigma2_e
         self.llf_history = np.asarray(trace.llf_history) + fit_data.llf_offset(reml)
-        self.variance_history = (
-            np.asarray(trace.variance_history).reshape(-1, 2) * fit_data.endog_scale**2
+        self.variance_history = fit_data.variances_to_user(
+            np.asarray(trace.variance_history).reshape(-1, 2)
         )
         self.n_iter = int(trace.n_iter.max())
         self.converged = bool(trace.converged.all())
@@ -170,23 +175,37 @@ class EMLMMResults(LikelihoodModelResults):
         return np.nan if self.reml else -2.0 * self.llf + np.log(self.nobs) * self.df_modelwc
 
     @cached_property
-    def cov_variance_components(self) -> NDArray[np.float64]:
-        """Covariance of (sigma2_a, sigma2_e): the inverse expected information."""
+    def bse(self) -> NDArray[np.float64]:
+        """Standard errors of the fixed effects (computed before scaling back, so they
+        are finite wherever the estimates are)."""
+        scaled = np.sqrt(np.diag(self._scaled_cov_beta))
+        return np.asarray(scaled * self._fit_data.coefficient_scales)
+
+    @cached_property
+    def _scaled_variance_covariance(self) -> NDArray[np.float64]:
+        """Inverse expected information of the variances, in the numerics' units."""
         estimate = self._estimate
         information = _em.variance_information(
             self._fit_data.rotated, estimate.sigma2_a, estimate.sigma2_e, self.reml
         )
-        return np.linalg.inv(information) * self._fit_data.endog_scale**4
+        return np.asarray(np.linalg.inv(information))
+
+    @cached_property
+    def cov_variance_components(self) -> NDArray[np.float64]:
+        """Covariance of (sigma2_a, sigma2_e): the inverse expected information."""
+        return self._fit_data.variances_to_user(self._scaled_variance_covariance, power=2)
 
     @cached_property
     def bse_sigma2_a(self) -> float:
         """Standard error of ``sigma2_a``."""
-        return float(np.sqrt(self.cov_variance_components[0, 0]))
+        scaled = np.sqrt(self._scaled_variance_covariance[0, 0])
+        return float(self._fit_data.variances_to_user(scaled))
 
     @cached_property
     def bse_sigma2_e(self) -> float:
         """Standard error of ``sigma2_e``."""
-        return float(np.sqrt(self.cov_variance_components[1, 1]))
+        scaled = np.sqrt(self._scaled_variance_covariance[1, 1])
+        return float(self._fit_data.variances_to_user(scaled))
 
     @cached_property
     def h2(self) -> float:
@@ -196,17 +215,19 @@ class EMLMMResults(LikelihoodModelResults):
         kinship, so that h2 is the heritability for a kinship scaled like a
         genomic relationship matrix.
         """
-        scaled = self.sigma2_a * self.model.spectrum.mean_diagonal
-        return scaled / (scaled + self.sigma2_e)
+        estimate = self._estimate  # scale-free, so computed in the numerics' units
+        scaled = float(estimate.sigma2_a) * self.model.spectrum.mean_diagonal
+        return scaled / (scaled + float(estimate.sigma2_e))
 
     @cached_property
     def bse_h2(self) -> float:
         """Standard error of ``h2`` by the delta method."""
         mean_diagonal = self.model.spectrum.mean_diagonal
-        total = self.sigma2_a * mean_diagonal + self.sigma2_e
-        gradient = np.array([mean_diagonal * self.sigma2_e, -mean_diagonal * self.sigma2_a])
+        sigma2_a, sigma2_e = float(self._estimate.sigma2_a), float(self._estimate.sigma2_e)
+        total = sigma2_a * mean_diagonal + sigma2_e
+        gradient = np.array([mean_diagonal * sigma2_e, -mean_diagonal * sigma2_a])
         gradient /= total**2
-        return float(np.sqrt(gradient @ self.cov_variance_components @ gradient))
+        return float(np.sqrt(gradient @ self._scaled_variance_covariance @ gradient))
 
     @cached_property
     def random_effects(self) -> NDArray[np.float64]:

@@ -91,3 +91,105 @@ def random_genotype_kinship(rng, n, m):
     genotypes = rng.binomial(2, freqs, size=(n, m))
     Z = (genotypes - 2 * freqs) / np.sqrt(2 * freqs * (1 - freqs))
     return Z @ Z.T / m
+
+
+def informative_contrasts(kinship, X, tol=1e-8):
+    """Orthonormal columns spanning the directions the likelihood keeps.
+
+    Where the covariates reach every direction of the kinship's null space (a
+    centered kinship with an intercept), those directions are fitted exactly for
+    every parameter value and are dropped; otherwise every direction is kept.
+    Built from scipy's SVD-based null spaces, not from an eigendecomposition.
+    """
+    n = kinship.shape[0]
+    null = linalg.null_space(kinship, rcond=tol)
+    if null.shape[1] == 0:
+        return np.eye(n)
+    reached = null @ null.T @ X
+    absorbed = linalg.orth(reached, rcond=tol)
+    if absorbed.shape[1] < null.shape[1]:
+        return np.eye(n)
+    return linalg.null_space(absorbed.T)
+
+
+def support_loglike(y, X, kinship, ratio, reml=False, contrasts=None):
+    """Profiled (restricted) log-likelihood of the informative data ``K'y`` with
+    ``V = tau (K'AK + ratio I)``: the ratio is sigma2_e / sigma2_a, so ratio = 0 is the
+    boundary sigma2_e = 0, evaluated exactly. Returns (value, beta of the design's
+    column space, cov of it / tau, tau). The design ``K'X`` is replaced by an
+    orthonormal basis of its column space (its rank may drop)."""
+    K = informative_contrasts(kinship, X) if contrasts is None else contrasts
+    yk, ak = K.T @ y, K.T @ kinship @ K
+    left, values, _ = np.linalg.svd(K.T @ X, full_matrices=False)
+    basis = left[:, values > 1e-8 * np.linalg.norm(X, 2)]
+    H = ak + ratio * np.eye(len(yk))
+    factor = linalg.cholesky(H, lower=True)
+    wy = linalg.solve_triangular(factor, yk, lower=True)
+    wx = linalg.solve_triangular(factor, basis, lower=True)
+    xtx = wx.T @ wx
+    gamma = np.linalg.solve(xtx, wx.T @ wy)
+    resid = wy - wx @ gamma
+    nk, q = len(yk), basis.shape[1]
+    dof = nk - q if reml else nk
+    tau = resid @ resid / dof
+    logdet = 2 * np.log(np.diag(factor)).sum()
+    value = -0.5 * (dof * (np.log(2 * np.pi * tau) + 1) + logdet)
+    if reml:
+        value -= 0.5 * np.linalg.slogdet(xtx)[1]
+    return value, tau
+
+
+def maximise_support(y, X, kinship, reml=False, max_ratio=1e6):
+    """The (restricted) likelihood of the informative data, maximised over the ratio
+    sigma2_e / sigma2_a in [0, max_ratio] by bounded scalar searches on a log grid,
+    with the boundary ratio 0 evaluated exactly. Returns (value, sigma2_a, sigma2_e)."""
+    K = informative_contrasts(kinship, X)
+
+    def value(ratio):
+        return support_loglike(y, X, kinship, ratio, reml, K)[0]
+
+    grid = np.concatenate([[0.0], np.logspace(-8, np.log10(max_ratio), 60)])
+    values = [value(r) for r in grid]
+    best = int(np.argmax(values))
+    best_ratio, best_value = grid[best], values[best]
+    lower, upper = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    found = optimize.minimize_scalar(lambda r: -value(r), bounds=(lower, upper),
+                                     method="bounded", options={"xatol": 1e-14})
+    if -found.fun > best_value:
+        best_ratio, best_value = found.x, -found.fun
+    _, tau = support_loglike(y, X, kinship, best_ratio, reml, K)
+    return best_value, tau, best_ratio * tau
+
+
+def support_last_effect(y, X, kinship, contrasts, reml=True):
+    """The last column's coefficient and standard error at the maximum of the
+    (restricted) likelihood of the informative data ``K'y`` (``contrasts`` = K, from
+    the model without that column, so that both models see the same data)."""
+    K = contrasts
+    yk, ak = K.T @ y, K.T @ kinship @ K
+    left, values, _ = np.linalg.svd(K.T @ X[:, :-1], full_matrices=False)
+    Z = np.column_stack([left[:, values > 1e-8 * np.linalg.norm(X, 2)], K.T @ X[:, -1]])
+
+    def fit(ratio):
+        H = ak + ratio * np.eye(len(yk))
+        factor = linalg.cholesky(H, lower=True)
+        wy = linalg.solve_triangular(factor, yk, lower=True)
+        wz = linalg.solve_triangular(factor, Z, lower=True)
+        cov = np.linalg.inv(wz.T @ wz)
+        coef = cov @ wz.T @ wy
+        resid = wy - wz @ coef
+        dof = len(yk) - Z.shape[1] if reml else len(yk)
+        tau = resid @ resid / dof
+        value = -0.5 * (dof * np.log(tau) + 2 * np.log(np.diag(factor)).sum())
+        if reml:
+            value -= 0.5 * np.linalg.slogdet(wz.T @ wz)[1]
+        return value, coef[-1], np.sqrt(tau * cov[-1, -1])
+
+    grid = np.concatenate([[0.0], np.logspace(-8, 6, 60)])
+    values = [fit(r)[0] for r in grid]
+    best = int(np.argmax(values))
+    lower, upper = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    found = optimize.minimize_scalar(lambda r: -fit(r)[0], bounds=(lower, upper),
+                                     method="bounded", options={"xatol": 1e-14})
+    ratio = found.x if -found.fun > values[best] else grid[best]
+    return fit(ratio)[1:]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from emlmm import EMLMM, gwas
 
-SETTINGS = settings(max_examples=15, deadline=None,
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -58,7 +58,7 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
 
 def run_gwas(args: argparse.Namespace) -> int:
     """A scan from PLINK files, written as a tab-separated table."""
-    from emlmm.gwas import _prepare_scan, _progress_bar
+    from emlmm.gwas import _prepare_scan, _progress_bar, count_failures
     from emlmm.io import read_plink
 
     with read_plink(args.bfile) as plink:
@@ -95,6 +95,7 @@ def run_gwas(args: argparse.Namespace) -> int:
         if done:
             print(f"resuming after {done} SNPs already in {args.out}", file=sys.stderr)
         progress = None if args.quiet else _progress_bar
+        failed = unconverged = 0
         # Each chunk is written and flushed as soon as it is done, so an interrupted
         # scan keeps what it finished and --resume carries on from there.
         with open(args.out, "a" if done else "w", encoding="utf-8") as handle:
@@ -107,7 +108,21 @@ def run_gwas(args: argparse.Namespace) -> int:
                     header=done == 0 and number == 0,
                 )
                 handle.flush()
+                chunk_failed, chunk_unconverged = count_failures(table)
+                failed, unconverged = failed + chunk_failed, unconverged + chunk_unconverged
     print(f"wrote {prepared.n_snps} SNPs to {args.out}", file=sys.stderr)
+    if unconverged:
+        print(
+            f"warning: {unconverged} SNPs did not converge (see the converged column)",
+            file=sys.stderr,
+        )
+    if failed:
+        print(
+            f"error: {failed} SNPs failed and have NaN statistics (see the note column "
+            f"of {args.out})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -34,6 +34,9 @@ ScanMethod = Literal["exact", "fixed"]
 #: this (relative to the kinship's mean eigenvalue): a trait with h2 above ~0.99.
 INVERSE_RATIO_SWITCH = 1e-2
 ProgressCallback = Callable[[int, int], None]
+#: Errors that mean a SNP's fit broke down numerically: the SNP gets a note and the
+#: scan goes on. Anything else (a bug, bad input) propagates.
+NUMERICAL_ERRORS = (np.linalg.LinAlgError, ArithmeticError)
 
 #: Output columns, in order (``chr`` and ``pos`` come first when known).
 COLUMNS = [
@@ -213,14 +216,35 @@ def gwas(
     if not tables:
         return pd.DataFrame(columns=COLUMNS, index=snp_order)
     result = pd.concat(tables).loc[snp_order]
-    failed = int((~result.converged & (result.note == "")).sum())
-    if failed:
-        warnings.warn(
-            f"EM did not converge for {failed} SNPs (see the converged column); raise maxiter",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+    warn_failures(result, stacklevel=3)
     return result
+
+
+def count_failures(table: pd.DataFrame) -> tuple[int, int]:
+    """SNPs of a result table whose fit failed, and those whose fit did not converge."""
+    failed = int(table.note.str.startswith("failed").sum())
+    unconverged = int((~table.converged & (table.note == "")).sum())
+    return failed, unconverged
+
+
+def warn_failures(table: pd.DataFrame, stacklevel: int = 2) -> None:
+    """A warning with the count of SNPs whose statistics could not be computed."""
+    failed, unconverged = count_failures(table)
+    if failed:
+        first = table.note[table.note.str.startswith("failed")].iloc[0]
+        warnings.warn(
+            f"{failed} of {len(table)} SNPs failed and have NaN statistics (see the note "
+            f"column; the first: {first})",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+    if unconverged:
+        warnings.warn(
+            f"EM did not converge for {unconverged} SNPs (see the converged column); "
+            "raise maxiter",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
 
 
 @dataclass(frozen=True)
@@ -527,13 +551,13 @@ class _Scanner:
             rows = good[first : first + step]
             try:
                 groups.append((rows, self._statistics(rotated[rows])))
-            except Exception:
+            except NUMERICAL_ERRORS:
                 # Something failed for the block as a whole: redo it SNP by SNP, so
                 # that a failure stays in the row of the SNP that caused it.
                 for j in rows:
                     try:
                         groups.append((np.array([j]), self._statistics(rotated[[j]])))
-                    except Exception as exc:
+                    except NUMERICAL_ERRORS as exc:
                         table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
         columns: dict[str, NDArray[Any]] = {}
         for rows, statistics in groups:

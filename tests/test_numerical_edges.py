@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import EMLMM, gwas
 
@@ -264,6 +265,131 @@ def test_regression_a_small_study_that_made_the_null_fit_singular(heritability):
         table = gwas("y ~ 1 + age + snp", pd.DataFrame({"y": y, "age": age}), genotypes,
                      kinship, method="fixed")
     assert table.loc["copy", "note"] == "collinear with the covariates"
-    value, sigma2_a, sigma2_e = dense.maximise_support(y, X, kinship)
+    value, _sigma2_a, _sigma2_e = dense.maximise_support(y, X, kinship)
     result = EMLMM(y, X, kinship).fit()
     assert result.llf == pytest.approx(value, rel=1e-9)
+
+
+# --- failures are loud ---------------------------------------------------------------
+
+def _poison(monkeypatch, error):
+    """Make the scan's statistics raise ``error`` for every batch holding SNP 'bad'
+    (a SNP that is 0 in the first individual and 2 in the second)."""
+    from emlmm.gwas import _Scanner
+
+    original = _Scanner._statistics
+
+    def fragile(self, rotated):
+        first_two = (rotated @ self.eigenvectors.T)[:, :2]
+        if np.any(np.all(np.isclose(first_two, [0.0, 2.0]), axis=1)):
+            raise error
+        return original(self, rotated)
+
+    monkeypatch.setattr(_Scanner, "_statistics", fragile)
+
+
+@pytest.fixture
+def small_scan(study):
+    y, x, kinship = study
+    rng = np.random.default_rng(2)
+    genotypes = pd.DataFrame(rng.integers(0, 3, size=(len(y), 5)).astype(float),
+                             columns=[f"rs{j}" for j in range(5)])
+    genotypes.loc[:1, "rs2"] = [0.0, 2.0]
+    genotypes.loc[:1, ["rs0", "rs1", "rs3", "rs4"]] = 1.0
+    return pd.DataFrame({"y": y, "x": x}), genotypes, kinship
+
+
+def test_a_numerically_failed_snp_is_counted_in_a_warning(small_scan, monkeypatch):
+    data, genotypes, kinship = small_scan
+    _poison(monkeypatch, np.linalg.LinAlgError("simulated breakdown"))
+    with pytest.warns(ConvergenceWarning, match=r"1 of 5 SNPs failed.*simulated breakdown"):
+        table = gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+    assert table.note.str.startswith("failed").sum() == 1
+    assert table.loc["rs2", "note"] == "failed: LinAlgError: simulated breakdown"
+
+
+def test_a_programming_error_is_not_turned_into_a_note(small_scan, monkeypatch):
+    data, genotypes, kinship = small_scan
+    _poison(monkeypatch, AttributeError("a bug"))
+    with pytest.raises(AttributeError, match="a bug"):
+        gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+
+
+def test_the_command_line_exits_non_zero_when_snps_fail(tmp_path, monkeypatch, capsys):
+    from plink_fixtures import write_plink
+
+    from emlmm.__main__ import main
+
+    rng = np.random.default_rng(3)
+    n = 50
+    genotypes = rng.integers(0, 3, size=(n, 6)).astype(float)
+    genotypes[:2, :] = 1.0
+    genotypes[:2, 4] = [0.0, 2.0]
+    kinship = dense.random_genotype_kinship(rng, n, 100)
+    y = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n) + rng.normal(size=n)
+    write_plink(tmp_path / "s", genotypes, phenotypes=y)
+    np.savetxt(tmp_path / "k.txt", kinship)
+    _poison(monkeypatch, np.linalg.LinAlgError("simulated breakdown"))
+    out = tmp_path / "out.tsv"
+    code = main(["gwas", "--bfile", str(tmp_path / "s"), "--kinship", str(tmp_path / "k.txt"),
+                 "--out", str(out), "--quiet"])
+    assert code == 1
+    assert "error: 1 SNPs failed" in capsys.readouterr().err
+    assert len(pd.read_csv(out, sep="\t")) == 6  # the table is still written whole
+
+
+# --- secondary outputs against independent computations ------------------------------
+
+def test_allele_frequencies_are_the_mean_of_the_observed_genotypes(study):
+    y, x, kinship = study
+    rng = np.random.default_rng(6)
+    genotypes = rng.integers(0, 3, size=(len(y), 4)).astype(float)
+    genotypes[rng.random(genotypes.shape) < 0.1] = np.nan
+    data = pd.DataFrame({"y": y, "x": x})
+    data.loc[3, "y"] = np.nan  # a dropped individual does not count
+    table = gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+    kept = np.arange(len(y)) != 3
+    np.testing.assert_allclose(table.af, np.nanmean(genotypes[kept], axis=0) / 2, rtol=1e-12)
+    np.testing.assert_array_equal(table.n_miss, np.isnan(genotypes[kept]).sum(axis=0))
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_variance_standard_errors_are_the_dense_inverse_expected_information(study, reml):
+    y, x, kinship = study
+    X = np.column_stack([np.ones(len(y)), x])
+    result = EMLMM(y, X, kinship).fit(reml=reml)
+    information = dense.expected_information(X, kinship, result.sigma2_a, result.sigma2_e,
+                                             reml=reml)
+    covariance = np.linalg.inv(information)
+    assert result.bse_sigma2_a == pytest.approx(np.sqrt(covariance[0, 0]), rel=1e-8)
+    assert result.bse_sigma2_e == pytest.approx(np.sqrt(covariance[1, 1]), rel=1e-8)
+    mean_diagonal = np.trace(kinship) / len(y)
+
+    def h2(variances):
+        return variances[0] * mean_diagonal / (variances[0] * mean_diagonal + variances[1])
+
+    point = np.array([result.sigma2_a, result.sigma2_e])
+    step = 1e-6 * point
+    gradient = np.array([(h2(point + step * e) - h2(point - step * e)) / (2 * step @ e)
+                         for e in np.eye(2)])
+    assert result.bse_h2 == pytest.approx(np.sqrt(gradient @ covariance @ gradient), rel=1e-6)
+
+
+def test_newton_alone_finds_every_snps_maximum(study):
+    """With maxiter equal to Newton's own budget the scan has no EM fallback, so a
+    wrong Newton step cannot hide behind it."""
+    from emlmm import _scan
+
+    y, x, kinship = study
+    rng = np.random.default_rng(12)
+    genotypes = rng.integers(0, 3, size=(len(y), 8)).astype(float)
+    data = pd.DataFrame({"y": y, "x": x})
+    table = gwas("y ~ 1 + x + snp", data, genotypes, kinship, maxiter=_scan.MAX_NEWTON_STEPS)
+    assert table.converged.all()
+    X = np.column_stack([np.ones(len(y)), x])
+    null = dense.maximise(y, X, kinship)
+    for j in range(0, 8, 2):
+        alternative = dense.maximise(y, np.column_stack([X, genotypes[:, j]]), kinship,
+                                     start=(null.sigma2_a, null.sigma2_e))
+        assert table.lrt.iloc[j] == pytest.approx(2 * (alternative.llf - null.llf), abs=1e-6)
+        assert table.sigma2_a.iloc[j] == pytest.approx(alternative.sigma2_a, rel=1e-4)

@@ -123,7 +123,10 @@ class FitData:
         kept = np.nonzero(~null)[0]
         range_exog = rotated_exog[kept]
         _, range_values, right = np.linalg.svd(range_exog, full_matrices=True)
-        q = int(np.count_nonzero(range_values > rank_tolerance(rotated_exog, norm)))
+        # A design direction whose part outside the null space is below sqrt(eps) of
+        # the design lies in the null space up to the rounding of the kinship's
+        # eigenvectors (the rule that set its eigenvalues to zero).
+        q = int(np.count_nonzero(range_values > np.sqrt(np.finfo(float).eps) * norm))
         if q == p:
             basis, absorbed_basis = identity, empty
         else:

@@ -265,8 +265,9 @@ class EMLMMResults(LikelihoodModelResults):
         """Test sigma2_a = 0 against the fit without the kinship effect (OLS).
 
         For an ML fit the restricted model is ``OLS(y, X)`` (its log-likelihood
-        equals ``OLS(...).fit().llf``); for a REML fit, the REML log-likelihood
-        of the same model with sigma2_a = 0.
+        equals ``OLS(...).fit().llf``, except where the covariates absorb the
+        kinship's null space: then both are of the data outside it); for a REML
+        fit, the REML log-likelihood of the same model with sigma2_a = 0.
 
         Returns
         -------

@@ -52,9 +52,12 @@ def power_of_two_scale(values: Array, axis: int | None = None) -> Array:
     return np.ldexp(1.0, exponent - 1)
 
 
-def rank_tolerance(matrix: Array, norm: float) -> float:
-    """Singular values at or below this count as zero (NumPy's rule, against ``norm``)."""
-    return float(max(matrix.shape, default=1) * np.finfo(float).eps * norm)
+def _reaches_every_direction(null_exog: Array, norm: float) -> bool:
+    """Whether the design's rows in the null space have full row rank (NumPy's rank
+    rule, against ``norm``, the size of the whole design)."""
+    values = np.linalg.svd(null_exog, compute_uv=False)
+    tolerance = max(null_exog.shape) * np.finfo(float).eps * norm
+    return int(np.count_nonzero(values > tolerance)) == null_exog.shape[0]
 
 
 @dataclass(frozen=True)
@@ -66,29 +69,35 @@ class FitData:
     rotated : RotatedData
         What the numerics see: scaled response and design in the kinship's
         eigenbasis, without the absorbed null-space directions (if any).
-    kept : ndarray of int
-        The eigen-directions (columns of the eigenvectors) in ``rotated``.
+    kept : slice
+        The eigen-directions (columns of the eigenvectors) in ``rotated``. The
+        eigenvalues are sorted, so the dropped zeros are the first ones and this is
+        a slice: selecting the eigenvectors never copies them.
     endog_scale, exog_scales : float, ndarray
         The powers of two the response and the design's columns were divided by.
     basis : ndarray of shape (p, q)
-        Scaled coefficients of the ``q`` design columns of ``rotated``, in terms of
-        the ``p`` original (scaled) columns: the identity unless reduced.
-    absorbed_basis, absorbed_solve, null_endog, null_exog : ndarray
-        The coefficient directions only the dropped null-space directions see,
-        the least-squares solve that fits them there, and the dropped rows.
+        The ``q`` design columns of ``rotated`` as combinations of the ``p`` scaled
+        columns (orthonormal; the identity unless reduced).
+    mapping, offset : ndarray of shape (p, q), (p,)
+        Scaled coefficients = ``mapping @ gamma + offset``: the combinations only the
+        dropped directions see are fitted exactly there.
+    noise : ndarray of shape (p, n_dropped)
+        How the dropped directions' noise (variance sigma2_e) enters the coefficients.
+    n_dropped : int
+        Number of dropped null-space directions.
     reml_constant : float
         What the REML log-likelihood of the full data adds to that of ``rotated``.
     """
 
     rotated: RotatedData
-    kept: NDArray[np.intp]
+    kept: slice
     endog_scale: float
     exog_scales: Array
     basis: Array
-    absorbed_basis: Array
-    absorbed_solve: Array
-    null_endog: Array
-    null_exog: Array
+    mapping: Array
+    offset: Array
+    noise: Array
+    n_dropped: int
     reml_constant: float
 
     @classmethod
@@ -102,78 +111,62 @@ class FitData:
         rotated_endog = spectrum.rotate(endog / endog_scale)
         rotated_exog = spectrum.rotate(exog / exog_scales)
         eigenvalues = spectrum.eigenvalues
-        n, p = rotated_exog.shape
-        null = eigenvalues == 0.0
-        n_null = int(null.sum())
-        identity = np.eye(p)
-        empty = np.zeros((p, 0))
-        every = np.arange(n)
-        plain = cls(
-            RotatedData.build(rotated_endog, rotated_exog, eigenvalues),
-            every, endog_scale, exog_scales, identity, empty, empty.T,
-            np.zeros(0), np.zeros((0, p)), 0.0,
-        )  # fmt: skip
-        if not reduce or n_null == 0:
-            return plain
+        p = rotated_exog.shape[1]
+        n_null = int(np.count_nonzero(eigenvalues == 0.0))
+        # eigh sorts the eigenvalues and they are >= 0, so the zeros come first.
+        assert np.all(eigenvalues[n_null:] > 0.0)
         norm = float(np.linalg.norm(rotated_exog, 2))
-        null_exog = rotated_exog[null]
-        singular_values = np.linalg.svd(null_exog, compute_uv=False)
-        if np.count_nonzero(singular_values > rank_tolerance(rotated_exog, norm)) < n_null:
-            return plain  # a null-space direction the covariates miss keeps sigma2_e > 0
-        kept = np.nonzero(~null)[0]
-        range_exog = rotated_exog[kept]
-        _, range_values, right = np.linalg.svd(range_exog, full_matrices=True)
+        if not (reduce and n_null and _reaches_every_direction(rotated_exog[:n_null], norm)):
+            identity = np.eye(p)
+            return cls(
+                RotatedData.build(rotated_endog, rotated_exog, eigenvalues),
+                slice(0, None), endog_scale, exog_scales, identity, identity,
+                np.zeros(p), np.zeros((p, 0)), 0, 0.0,
+            )  # fmt: skip
+        null_exog, range_exog = rotated_exog[:n_null], rotated_exog[n_null:]
+        _, range_values, right = np.linalg.svd(range_exog, full_matrices=False)
         # A design direction whose part outside the null space is below sqrt(eps) of
         # the design lies in the null space up to the rounding of the kinship's
         # eigenvectors (the rule that set its eigenvalues to zero).
         q = int(np.count_nonzero(range_values > np.sqrt(np.finfo(float).eps) * norm))
-        if q == p:
-            basis, absorbed_basis = identity, empty
+        if q == p:  # every coefficient is seen outside the null space
+            basis, absorbed_basis = np.eye(p), np.zeros((p, 0))
         else:
             basis, absorbed_basis = right[:q].T, right[q:].T
-        design = range_exog @ basis if q < p else range_exog
+        # The absorbed coefficients t solve null_exog (basis gamma + absorbed_basis t)
+        # = null_endog, in the least-squares sense.
         absorbed = null_exog @ absorbed_basis
+        noise = absorbed_basis @ np.linalg.pinv(absorbed)
         reml_constant = 0.0
-        if absorbed_basis.shape[1] == n_null:
+        if q + n_null == p:
             # The full data's REML differs from the reduced data's by -1/2 log|M'M|.
             reml_constant = -0.5 * float(np.linalg.slogdet(absorbed.T @ absorbed)[1])
         return cls(
-            RotatedData.build(rotated_endog[kept], design, eigenvalues[kept]),
-            kept,
+            RotatedData.build(rotated_endog[n_null:], range_exog @ basis, eigenvalues[n_null:]),
+            slice(n_null, None),
             endog_scale,
             exog_scales,
             basis,
-            absorbed_basis,
-            np.linalg.pinv(absorbed),
-            rotated_endog[null],
-            null_exog,
+            basis - noise @ null_exog @ basis,
+            noise @ rotated_endog[:n_null],
+            noise,
+            n_null,
             reml_constant,
         )
 
     @property
     def reduced(self) -> bool:
         """Whether null-space directions were dropped."""
-        return bool(self.null_endog.shape[0])
+        return self.n_dropped > 0
 
     @property
     def coefficient_scales(self) -> Array:
         """Original coefficient = scaled coefficient times this (per column)."""
         return self.endog_scale / self.exog_scales
 
-    def _absorbed_map(self) -> Array:
-        """``L`` with scaled coefficients = ``L gamma + offset``."""
-        if self.absorbed_basis.shape[1] == 0:
-            return self.basis
-        fitted_there = self.absorbed_solve @ (self.null_exog @ self.basis)
-        return self.basis - self.absorbed_basis @ fitted_there
-
     def coefficients(self, gamma: Array) -> Array:
         """The user's coefficients from the numerics' ``gamma``."""
-        scaled = gamma @ self.basis.T
-        if self.absorbed_basis.shape[1]:
-            leftover = self.null_endog - gamma @ (self.null_exog @ self.basis).T
-            scaled = scaled + leftover @ (self.absorbed_basis @ self.absorbed_solve).T
-        return scaled * self.coefficient_scales
+        return (gamma @ self.mapping.T + self.offset) * self.coefficient_scales
 
     def coefficient_covariance(self, cov_gamma: Array, sigma2_e: float) -> Array:
         """Covariance of the scaled coefficients from that of ``gamma``; the user's is
@@ -182,12 +175,7 @@ class FitData:
         The coefficients fitted from the null-space directions also carry the noise of
         those directions (variance ``sigma2_e``, in scaled units).
         """
-        mapping = self._absorbed_map()
-        cov = mapping @ cov_gamma @ mapping.T
-        if self.absorbed_basis.shape[1]:
-            noise = self.absorbed_basis @ self.absorbed_solve
-            cov = cov + sigma2_e * noise @ noise.T
-        return cov
+        return self.mapping @ cov_gamma @ self.mapping.T + sigma2_e * self.noise @ self.noise.T
 
     def gamma(self, coefficients: Array) -> Array:
         """The numerics' ``gamma`` for the user's coefficients (least squares)."""
@@ -226,7 +214,7 @@ class FitData:
         log_scale = float(np.log(self.endog_scale))
         if not reml:
             return -self.rotated.nobs * log_scale
-        n_full = self.rotated.nobs + self.null_endog.shape[0]
+        n_full = self.rotated.nobs + self.n_dropped
         p_full = self.basis.shape[0]
         return (
             -(n_full - p_full) * log_scale

@@ -39,8 +39,12 @@ Array = NDArray[np.float64]
 MAX_NEWTON_STEPS = 60
 #: A ratio beyond this means sigma2_e is heading to 0: a boundary EM handles.
 MAX_RATIO = 1e8
-#: Where Newton starts when the null model has sigma2_e = 0 (an infinite ratio).
+#: Where Newton starts when the null model has sigma2_e = 0 on a singular kinship
+#: (an infinite ratio that the inverse ratio cannot take either).
 LARGE_RATIO = 1e4
+#: Fits use the inverse ratio sigma2_e / sigma2_a when the null model's is below this
+#: (relative to the mean eigenvalue): a trait with h2 above ~0.99.
+INVERSE_RATIO_SWITCH = 1e-2
 #: Ratios at which every SNP's criterion is also evaluated: 0 and GEMMA's grid.
 GRID = np.concatenate([[0.0], np.logspace(-5.0, 5.0, 11)])
 #: A grid ratio must beat a local maximum by more than this (relative) to count.
@@ -271,7 +275,24 @@ def grid_criterion(batch: SnpBatch, reml: bool) -> Array:
     return _value(rss, log_det, cov_unscaled, batch.nobs, batch.k_exog, reml)
 
 
-def scale(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
+def parametrise(batch: SnpBatch, sigma2_a: float, sigma2_e: float) -> tuple[SnpBatch, float]:
+    """The batch in the ratio to use near (sigma2_a, sigma2_e), and their ratio there.
+
+    Near the boundary sigma2_e = 0 (a highly heritable trait) that is the inverse
+    ratio sigma2_e / sigma2_a, where the boundary is 0 and Newton reaches it exactly;
+    elsewhere sigma2_a / sigma2_e, where sigma2_a = 0 is.
+    """
+    eigenvalues = batch.eigenvalues
+    if eigenvalues.min() > 0.0 and (
+        sigma2_e <= INVERSE_RATIO_SWITCH * sigma2_a * float(eigenvalues.mean())
+    ):
+        return replace(batch, inverse=True), sigma2_e / sigma2_a
+    # sigma2_e = 0 on a singular kinship still gives Newton a (large) finite start: a
+    # SNP may bring sigma2_e back, and those that do not run off to EM.
+    return batch, sigma2_a / sigma2_e if sigma2_e > 0 else LARGE_RATIO
+
+
+def profiled_scale(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
     """The profiled scale ``V / H``: sigma2_e (sigma2_a with ``inverse``)."""
     dof = batch.nobs - batch.k_exog if reml else batch.nobs
     return fit.rss / dof
@@ -279,10 +300,10 @@ def scale(batch: SnpBatch, fit: Profile, reml: bool) -> Array:
 
 def variances(batch: SnpBatch, fit: Profile, reml: bool) -> tuple[Array, Array]:
     """(sigma2_a, sigma2_e) at ``fit.delta``, the scale profiled."""
-    scale_ = scale(batch, fit, reml)
+    scale = profiled_scale(batch, fit, reml)
     if batch.inverse:
-        return scale_, fit.delta * scale_
-    return fit.delta * scale_, scale_
+        return scale, fit.delta * scale
+    return fit.delta * scale, scale
 
 
 @dataclass(frozen=True)

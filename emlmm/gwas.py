@@ -30,9 +30,6 @@ from emlmm.model import EMLMM
 __all__ = ["gwas"]
 
 ScanMethod = Literal["exact", "fixed"]
-#: Scan fits use sigma2_e / sigma2_a as their ratio when the null model's is below
-#: this (relative to the kinship's mean eigenvalue): a trait with h2 above ~0.99.
-INVERSE_RATIO_SWITCH = 1e-2
 ProgressCallback = Callable[[int, int], None]
 #: Errors that mean a SNP's fit broke down numerically: the SNP gets a note and the
 #: scan goes on. Anything else (a bug, bad input) propagates.
@@ -507,16 +504,9 @@ class _Scanner:
         # Everything below is in the units of the null model's numerics: scaled, and
         # reduced to the kinship's column space where the covariates absorb its null
         # space. Statistics are mapped back to the user's units in _statistics.
-        fit_data = null._fit_data
+        self.fit_data = fit_data = null._fit_data
         self.spectrum = null.spectrum
-        self.endog_scale = fit_data.endog_scale
-        self.variances_to_user = fit_data.variances_to_user
-        self.ml_offset = fit_data.llf_offset(reml=False)
-        self.eigenvectors = (
-            null.spectrum.eigenvectors[:, fit_data.kept]
-            if fit_data.reduced
-            else null.spectrum.eigenvectors
-        )
+        self.eigenvectors = null.spectrum.eigenvectors[:, fit_data.kept]  # a view
         self.null_data = fit_data.rotated
         self.null_ml = null.fit()._results._estimate
         self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
@@ -610,7 +600,7 @@ class _Scanner:
         result: dict[str, NDArray[Any]] = {"p_score": self.score_test.pvalues(rotated)}
         if self.method == "fixed":
             sigma2_a, sigma2_e = float(self.null_reml.sigma2_a), float(self.null_reml.sigma2_e)
-            batch, ratio = self._parametrised(batch, self.null_reml)
+            batch, ratio = _scan.parametrise(batch, sigma2_a, sigma2_e)
             fit = _scan.profile(batch, np.full(k, ratio), reml=True, derivatives=False)
             # V = scale H, with the scale sigma2_e (sigma2_a for the inverse ratio).
             scale = sigma2_a if batch.inverse else sigma2_e
@@ -641,42 +631,23 @@ class _Scanner:
         lrt = np.maximum(lrt, 0.0)
         se = np.sqrt(cov_beta[:, -1, -1])
         wald = (beta[:, -1] / se) ** 2
-        scale = self.endog_scale
+        fit_data = self.fit_data
         result.update(
-            beta=scale * beta[:, -1],
-            se=scale * se,
+            beta=fit_data.endog_scale * beta[:, -1],
+            se=fit_data.endog_scale * se,
             p_wald=stats.f.sf(wald, 1, n - p),
-            llf=llf + self.ml_offset,
+            llf=llf + fit_data.llf_offset(reml=False),
             lrt=lrt,
             p_lrt=stats.chi2.sf(lrt, 1),
-            sigma2_a=self.variances_to_user(result["sigma2_a"]),
-            sigma2_e=self.variances_to_user(result["sigma2_e"]),
+            sigma2_a=fit_data.variances_to_user(result["sigma2_a"]),
+            sigma2_e=fit_data.variances_to_user(result["sigma2_e"]),
         )
         return result
-
-    @staticmethod
-    def _parametrised(batch: _scan.SnpBatch, null: _em.Estimate) -> tuple[_scan.SnpBatch, float]:
-        """The batch in the ratio to use near ``null``, and ``null``'s ratio.
-
-        Near the boundary sigma2_e = 0 (a highly heritable trait) that is
-        sigma2_e / sigma2_a, where the boundary is the ratio 0 and is reached
-        exactly; elsewhere sigma2_a / sigma2_e, where sigma2_a = 0 is.
-        """
-        eigenvalues = batch.eigenvalues
-        sigma2_a, sigma2_e = float(null.sigma2_a), float(null.sigma2_e)
-        if eigenvalues.min() > 0.0 and (
-            sigma2_e <= INVERSE_RATIO_SWITCH * sigma2_a * float(eigenvalues.mean())
-        ):
-            return replace(batch, inverse=True), sigma2_e / sigma2_a
-        # A null model with sigma2_e = 0 on a singular kinship still gives Newton a
-        # (large) finite start: a SNP may bring sigma2_e back, and those that do not
-        # run off to EM.
-        return batch, sigma2_a / sigma2_e if sigma2_e > 0 else _scan.LARGE_RATIO
 
     def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
         """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
         for a better maximum), EM where Newton gave up."""
-        batch, start = self._parametrised(batch, null)
+        batch, start = _scan.parametrise(batch, float(null.sigma2_a), float(null.sigma2_e))
         k = batch.snps.shape[0]
         newton = _scan.maximise_globally(
             batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
@@ -684,7 +655,7 @@ class _Scanner:
         sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
         fits = _SnpFits(
             newton.fit.beta,
-            _scan.scale(batch, newton.fit, reml)[:, None, None] * newton.fit.cov_unscaled,
+            _scan.profiled_scale(batch, newton.fit, reml)[:, None, None] * newton.fit.cov_unscaled,
             sigma2_a,
             sigma2_e,
             np.full(k, np.nan) if reml else _scan.criterion(batch, newton.fit, reml),

@@ -130,8 +130,7 @@ class EMLMM(LikelihoodModel):
                 "sigma2_e are not separately identifiable; fit OLS instead"
             )
         self._fit_data = FitData.build(self.spectrum, self.endog, self.exog)
-        self._rotated = self._fit_data.rotated
-        ols_variance = float(_em.ols_estimate(self._rotated, reml=False).sigma2_e)
+        ols_variance = float(_em.ols_estimate(self._fit_data.rotated, reml=False).sigma2_e)
         # The data are scaled to a largest value near 1, so this threshold is relative.
         if np.sqrt(ols_variance) <= 1e-10:
             raise ValueError(

@@ -156,8 +156,13 @@ class EMLMMResults(LikelihoodModelResults):
         kinship's column space, ``n - n0`` dimensional: the full likelihood has no
         maximum there (see :ref:`the boundary tutorial <boundary-singular>`).
         """
-        value = _em.criterion(self._fit_data.rotated, self._estimate, self.reml)
-        return float(value) + self._fit_data.llf_offset(self.reml)
+        return self._criterion + self._fit_data.llf_offset(self.reml)
+
+    @cached_property
+    def _criterion(self) -> float:
+        """The (restricted) log-likelihood in the numerics' units: differences of it
+        are the user's, without the large offsets of extreme scales."""
+        return float(_em.criterion(self._fit_data.rotated, self._estimate, self.reml))
 
     @cached_property
     def df_modelwc(self) -> int:
@@ -237,7 +242,7 @@ class EMLMMResults(LikelihoodModelResults):
         variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
         resid = data.endog - data.exog @ estimate.beta
         rotated = estimate.sigma2_a * data.eigenvalues * resid / variances
-        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]
+        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]  # a view
         return fit_data.endog_scale * (eigenvectors @ rotated)
 
     @cached_property
@@ -274,9 +279,8 @@ class EMLMMResults(LikelihoodModelResults):
         LikelihoodRatioTest
         """
         data = self._fit_data.rotated
-        restricted = _em.criterion(data, _em.ols_estimate(data, self.reml), self.reml)
-        unrestricted = _em.criterion(data, self._estimate, self.reml)
-        statistic = max(2.0 * float(unrestricted - restricted), 0.0)
+        restricted = float(_em.criterion(data, _em.ols_estimate(data, self.reml), self.reml))
+        statistic = max(2.0 * (self._criterion - restricted), 0.0)
         naive = float(stats.chi2.sf(statistic, 1))
         pvalue = 1.0 if statistic == 0.0 else 0.5 * naive
         return LikelihoodRatioTest(statistic, 1, pvalue, naive)

@@ -112,53 +112,59 @@ def informative_contrasts(kinship, X, tol=1e-8):
     return linalg.null_space(absorbed.T)
 
 
-def support_loglike(y, X, kinship, ratio, reml=False, contrasts=None):
-    """Profiled (restricted) log-likelihood of the informative data ``K'y`` with
-    ``V = tau (K'AK + ratio I)``: the ratio is sigma2_e / sigma2_a, so ratio = 0 is the
-    boundary sigma2_e = 0, evaluated exactly. Returns (value, beta of the design's
-    column space, cov of it / tau, tau). The design ``K'X`` is replaced by an
-    orthonormal basis of its column space (its rank may drop)."""
-    K = informative_contrasts(kinship, X) if contrasts is None else contrasts
-    yk, ak = K.T @ y, K.T @ kinship @ K
-    left, values, _ = np.linalg.svd(K.T @ X, full_matrices=False)
-    basis = left[:, values > 1e-8 * np.linalg.norm(X, 2)]
-    H = ak + ratio * np.eye(len(yk))
+def _profiled_gls(yk, design, H, reml):
+    """GLS of ``yk`` on ``design`` with covariance ``tau H``, tau profiled: the
+    (restricted) log-likelihood, the coefficients and their covariance."""
     factor = linalg.cholesky(H, lower=True)
     wy = linalg.solve_triangular(factor, yk, lower=True)
-    wx = linalg.solve_triangular(factor, basis, lower=True)
+    wx = linalg.solve_triangular(factor, design, lower=True)
     xtx = wx.T @ wx
-    gamma = np.linalg.solve(xtx, wx.T @ wy)
-    resid = wy - wx @ gamma
-    nk, q = len(yk), basis.shape[1]
-    dof = nk - q if reml else nk
+    coef = np.linalg.solve(xtx, wx.T @ wy)
+    resid = wy - wx @ coef
+    dof = len(yk) - design.shape[1] if reml else len(yk)
     tau = resid @ resid / dof
-    logdet = 2 * np.log(np.diag(factor)).sum()
-    value = -0.5 * (dof * (np.log(2 * np.pi * tau) + 1) + logdet)
+    value = -0.5 * (dof * (np.log(2 * np.pi * tau) + 1) + 2 * np.log(np.diag(factor)).sum())
     if reml:
         value -= 0.5 * np.linalg.slogdet(xtx)[1]
-    return value, tau
+    return value, coef, tau * np.linalg.inv(xtx), tau
 
 
-def maximise_support(y, X, kinship, reml=False, max_ratio=1e6):
-    """The (restricted) likelihood of the informative data, maximised over the ratio
-    sigma2_e / sigma2_a in [0, max_ratio] by bounded scalar searches on a log grid,
-    with the boundary ratio 0 evaluated exactly. Returns (value, sigma2_a, sigma2_e)."""
-    K = informative_contrasts(kinship, X)
+def _column_space(matrix, size):
+    """An orthonormal basis of the column space (singular values above 1e-8 size)."""
+    left, values, _ = np.linalg.svd(matrix, full_matrices=False)
+    return left[:, values > 1e-8 * size]
 
-    def value(ratio):
-        return support_loglike(y, X, kinship, ratio, reml, K)[0]
 
+def _maximise_ratio(value, max_ratio=1e6):
+    """The ratio sigma2_e / sigma2_a in [0, max_ratio] maximising ``value``: a log grid
+    with 0 itself (the boundary, evaluated exactly), then a bounded scalar search."""
     grid = np.concatenate([[0.0], np.logspace(-8, np.log10(max_ratio), 60)])
     values = [value(r) for r in grid]
     best = int(np.argmax(values))
-    best_ratio, best_value = grid[best], values[best]
     lower, upper = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     found = optimize.minimize_scalar(lambda r: -value(r), bounds=(lower, upper),
                                      method="bounded", options={"xatol": 1e-14})
-    if -found.fun > best_value:
-        best_ratio, best_value = found.x, -found.fun
-    _, tau = support_loglike(y, X, kinship, best_ratio, reml, K)
-    return best_value, tau, best_ratio * tau
+    return found.x if -found.fun > values[best] else grid[best]
+
+
+def support_fit(y, X, kinship, ratio, reml=False, contrasts=None):
+    """Profiled fit to the informative data ``K'y`` with ``V = tau (K'AK + ratio I)``:
+    the ratio is sigma2_e / sigma2_a, so ratio = 0 is the boundary sigma2_e = 0,
+    evaluated exactly. ``K'X`` is replaced by an orthonormal basis of its column
+    space (its rank may drop). Returns (value, coefficients, their covariance, tau)."""
+    K = informative_contrasts(kinship, X) if contrasts is None else contrasts
+    yk, ak = K.T @ y, K.T @ kinship @ K
+    design = _column_space(K.T @ X, np.linalg.norm(X, 2))
+    return _profiled_gls(yk, design, ak + ratio * np.eye(len(yk)), reml)
+
+
+def maximise_support(y, X, kinship, reml=False):
+    """The (restricted) likelihood of the informative data, maximised over the ratio
+    sigma2_e / sigma2_a. Returns (value, sigma2_a, sigma2_e)."""
+    K = informative_contrasts(kinship, X)
+    ratio = _maximise_ratio(lambda r: support_fit(y, X, kinship, r, reml, K)[0])
+    value, _, _, tau = support_fit(y, X, kinship, ratio, reml, K)
+    return value, tau, ratio * tau
 
 
 def support_last_effect(y, X, kinship, contrasts, reml=True):
@@ -167,29 +173,11 @@ def support_last_effect(y, X, kinship, contrasts, reml=True):
     the model without that column, so that both models see the same data)."""
     K = contrasts
     yk, ak = K.T @ y, K.T @ kinship @ K
-    left, values, _ = np.linalg.svd(K.T @ X[:, :-1], full_matrices=False)
-    Z = np.column_stack([left[:, values > 1e-8 * np.linalg.norm(X, 2)], K.T @ X[:, -1]])
+    design = np.column_stack([_column_space(K.T @ X[:, :-1], np.linalg.norm(X, 2)),
+                              K.T @ X[:, -1]])
 
     def fit(ratio):
-        H = ak + ratio * np.eye(len(yk))
-        factor = linalg.cholesky(H, lower=True)
-        wy = linalg.solve_triangular(factor, yk, lower=True)
-        wz = linalg.solve_triangular(factor, Z, lower=True)
-        cov = np.linalg.inv(wz.T @ wz)
-        coef = cov @ wz.T @ wy
-        resid = wy - wz @ coef
-        dof = len(yk) - Z.shape[1] if reml else len(yk)
-        tau = resid @ resid / dof
-        value = -0.5 * (dof * np.log(tau) + 2 * np.log(np.diag(factor)).sum())
-        if reml:
-            value -= 0.5 * np.linalg.slogdet(wz.T @ wz)[1]
-        return value, coef[-1], np.sqrt(tau * cov[-1, -1])
+        return _profiled_gls(yk, design, ak + ratio * np.eye(len(yk)), reml)
 
-    grid = np.concatenate([[0.0], np.logspace(-8, 6, 60)])
-    values = [fit(r)[0] for r in grid]
-    best = int(np.argmax(values))
-    lower, upper = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    found = optimize.minimize_scalar(lambda r: -fit(r)[0], bounds=(lower, upper),
-                                     method="bounded", options={"xatol": 1e-14})
-    ratio = found.x if -found.fun > values[best] else grid[best]
-    return fit(ratio)[1:]
+    _, coef, cov, _ = fit(_maximise_ratio(lambda r: fit(r)[0]))
+    return coef[-1], np.sqrt(cov[-1, -1])

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from test_properties import simulate_study
 
 from emlmm import EMLMM, gwas
 
@@ -238,22 +239,11 @@ def test_a_large_offset_is_fitted_until_it_makes_the_design_ill_conditioned(stud
         EMLMM.from_formula("y ~ 1 + x", data.assign(x=1e8 + x), kinship=kinship)
 
 
-def _small_study(seed, n, heritability, n_snps):
-    """The data of ``test_properties.studies`` for one draw."""
-    rng = np.random.default_rng(seed)
-    kinship = dense.random_genotype_kinship(rng, n, n_snps)
-    X = np.column_stack([np.ones(n), rng.normal(size=n)])
-    polygenic = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
-    y = X @ [1.0, 0.5] + np.sqrt(heritability) * polygenic \
-        + np.sqrt(1 - heritability) * rng.normal(size=n)
-    return y, X, kinship, rng
-
-
 @pytest.mark.parametrize("heritability", [0.45, 0.9])
 def test_regression_a_small_study_that_made_the_null_fit_singular(heritability):
     """n = 14 with a rank-13 kinship: on the code before the fix every fit of it (and
     its scan) ended in LinAlgError: Singular matrix."""
-    y, X, kinship, rng = _small_study(392, 14, heritability, 14)
+    y, X, kinship, rng = simulate_study(392, 14, heritability, 14)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for factor in (1e-3, 1.0, 1e3):

@@ -13,19 +13,24 @@ SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-@st.composite
-def studies(draw):
-    """A related sample with a covariate and a heritable trait, from a random seed."""
-    seed = draw(st.integers(0, 2**32 - 1))
-    n = draw(st.integers(12, 40))
-    heritability = draw(st.floats(0.0, 0.9))
+def simulate_study(seed, n, heritability, n_snps):
+    """A related sample with a covariate and a heritable trait: y, X, kinship, rng."""
     rng = np.random.default_rng(seed)
-    kinship = dense.random_genotype_kinship(rng, n, draw(st.integers(n // 2, 3 * n)))
+    kinship = dense.random_genotype_kinship(rng, n, n_snps)
     X = np.column_stack([np.ones(n), rng.normal(size=n)])
     polygenic = np.linalg.cholesky(kinship + 1e-9 * np.eye(n)) @ rng.normal(size=n)
     y = X @ [1.0, 0.5] + np.sqrt(heritability) * polygenic \
         + np.sqrt(1 - heritability) * rng.normal(size=n)
     return y, X, kinship, rng
+
+
+@st.composite
+def studies(draw):
+    """:func:`simulate_study` from a random seed, size, heritability and SNP count."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    n = draw(st.integers(12, 40))
+    heritability = draw(st.floats(0.0, 0.9))
+    return simulate_study(seed, n, heritability, draw(st.integers(n // 2, 3 * n)))
 
 
 def estimates(result):

@@ -123,6 +123,26 @@ def test_a_scan_at_the_boundary_matches_the_dense_oracle(family, family_scan):
         assert row.se == pytest.approx(se, rel=1e-6)
 
 
+def test_a_scan_at_the_boundary_with_a_full_rank_kinship_matches_the_dense_oracle(family):
+    y, genotypes, kinship = family
+    kinship = kinship + 0.05 * np.eye(len(y))  # full rank: sigma2_e = 0 is plain GLS
+    X = np.ones((len(y), 1))
+    null, _, null_sigma2_e = dense.maximise_support(y, X, kinship)
+    assert null_sigma2_e == 0.0 and EMLMM(y, X, kinship).fit().sigma2_e == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = gwas("y ~ 1 + snp", pd.DataFrame({"y": y}), genotypes[:, :12], kinship)
+    assert (table.note == "").all() and table.converged.all() and table.n_iter.max() <= 5
+    contrasts = np.eye(len(y))
+    for j in range(0, 12, 3):
+        design = np.column_stack([X, genotypes[:, j]])
+        alternative, _, _ = dense.maximise_support(y, design, kinship)
+        assert table.lrt.iloc[j] == pytest.approx(2 * (alternative - null), abs=1e-7)
+        beta, se = dense.support_last_effect(y, design, kinship, contrasts)
+        assert table.beta.iloc[j] == pytest.approx(beta, rel=1e-6, abs=1e-9)
+        assert table.se.iloc[j] == pytest.approx(se, rel=1e-6)
+
+
 def test_the_fixed_scan_at_the_boundary_is_finite(family):
     y, genotypes, kinship = family
     with warnings.catch_warnings():
@@ -201,6 +221,20 @@ def test_a_scan_is_the_same_at_any_scale(study, factor):
     with np.errstate(over="ignore", under="ignore"):
         expected = base.sigma2_a * factor * factor
     np.testing.assert_allclose(scaled.sigma2_a, expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("factor", [1e-300, 1e300])
+def test_a_scan_is_the_same_with_a_covariate_at_any_scale(study, factor):
+    y, x, kinship = study
+    rng = np.random.default_rng(0)
+    genotypes = rng.integers(0, 3, size=(len(y), 6)).astype(float)
+    data = pd.DataFrame({"y": y, "x": x})
+    base = gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = gwas("y ~ 1 + x + snp", data.assign(x=factor * x), genotypes, kinship)
+    columns = ["beta", "se", "p_wald", "lrt", "p_lrt", "p_score", "sigma2_a", "sigma2_e"]
+    np.testing.assert_allclose(scaled[columns], base[columns], rtol=1e-8, atol=1e-12)
 
 
 def test_a_tiny_response_is_not_mistaken_for_a_constant(study):

@@ -1,7 +1,7 @@
 """emlmm: linear mixed models with a kinship matrix, fitted by EM, for statsmodels."""
 
 from emlmm import datasets
-from emlmm.gwas import gwas
+from emlmm.gwas import GenomeScan, ScanOutput, gwas
 from emlmm.io import read_lab, read_plink
 from emlmm.kinship import kinship
 from emlmm.model import EMLMM
@@ -10,7 +10,9 @@ from emlmm.results import EMLMMResults, LikelihoodRatioTest
 __all__ = [
     "EMLMM",
     "EMLMMResults",
+    "GenomeScan",
     "LikelihoodRatioTest",
+    "ScanOutput",
     "datasets",
     "gwas",
     "kinship",

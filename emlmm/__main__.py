@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 
-from emlmm import EMLMM, _em
+from emlmm import EMLMM, __version__, _em
 
 
 def run_lab(args: argparse.Namespace) -> int:
@@ -58,67 +60,56 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
 
 def run_gwas(args: argparse.Namespace) -> int:
     """A scan from PLINK files, written as a tab-separated table."""
-    from emlmm.gwas import _prepare_scan, _progress_bar, count_failures
-    from emlmm.io import read_plink
+    from emlmm import GenomeScan, ScanOutput, read_plink
 
-    with read_plink(args.bfile) as plink:
-        data = plink.phenotype(args.pheno_col).rename("y").to_frame()
-        terms = ["1"]
-        if args.covar is not None:
-            covariates = _read_matrix(args.covar, len(data), "covariate file")
-            names = [f"covar{j + 1}" for j in range(covariates.shape[1])]
-            data[names] = covariates
-            # GEMMA's -c convention: the file holds the whole design, intercept included.
-            terms = ["0", *names]
-            if not np.any(np.ptp(covariates, axis=0) == 0):
-                print(
-                    "note: the covariate file has no constant column, so the model has no "
-                    "intercept (as in GEMMA, include a column of 1s for one)",
-                    file=sys.stderr,
-                )
-        if args.kinship is not None:
-            kinship = _read_matrix(args.kinship, len(data), "kinship file")
-        else:
-            from emlmm.kinship import kinship as relatedness
+    if args.loco and args.kinship is not None:
+        raise SystemExit(
+            "emlmm: error: --loco builds one kinship per left-out chromosome from the "
+            "genotypes; drop --kinship"
+        )
+    # The output is opened (checked and locked) first, so a refused output costs nothing.
+    with ScanOutput(args.out, overwrite=args.overwrite, resume=args.resume) as output:
+        with read_plink(args.bfile) as plink:
+            data = plink.phenotype(args.pheno_col).rename("y").to_frame()
+            terms = ["1"]
+            if args.covar is not None:
+                covariates = _read_matrix(args.covar, len(data), "covariate file")
+                names = [f"covar{j + 1}" for j in range(covariates.shape[1])]
+                data[names] = covariates
+                # GEMMA's -c convention: the file holds the whole design, intercept included.
+                terms = ["0", *names]
+                if not np.any(np.ptp(covariates, axis=0) == 0):
+                    print(
+                        "note: the covariate file has no constant column, so the model has no "
+                        "intercept (as in GEMMA, include a column of 1s for one)",
+                        file=sys.stderr,
+                    )
+            if args.loco:
+                kinship = None
+            elif args.kinship is not None:
+                kinship = _read_matrix(args.kinship, len(data), "kinship file")
+            else:
+                from emlmm import kinship as relatedness
 
-            print("computing the centered kinship from the genotypes", file=sys.stderr)
-            kinship = relatedness(plink, method="centered").to_numpy()
-        prepared = _prepare_scan(
-            f"y ~ {' + '.join(terms)} + snp",
-            data,
-            plink,
-            kinship,
-            method=args.method,
-            chunk_size=args.chunk_size,
-        )
-        done = _completed_rows(args.out, prepared.aligned.snps.index) if args.resume else 0
-        if done:
-            print(f"resuming after {done} SNPs already in {args.out}", file=sys.stderr)
-        progress = None if args.quiet else _progress_bar
-        failed = unconverged = 0
-        # Each chunk is written and flushed as soon as it is done, so an interrupted
-        # scan keeps what it finished and --resume carries on from there.
-        with open(args.out, "a" if done else "w", encoding="utf-8") as handle:
-            for number, table in enumerate(prepared.tables(start=done, progress=progress)):
-                table.to_csv(
-                    handle,
-                    sep="\t",
-                    index_label="snp",
-                    float_format="%.6g",
-                    header=done == 0 and number == 0,
-                )
-                handle.flush()
-                chunk_failed, chunk_unconverged = count_failures(table)
-                failed, unconverged = failed + chunk_failed, unconverged + chunk_unconverged
-    print(f"wrote {prepared.n_snps} SNPs to {args.out}", file=sys.stderr)
-    if unconverged:
+                print("computing the centered kinship from the genotypes", file=sys.stderr)
+                kinship = relatedness(plink, method="centered").to_numpy()
+            scan = GenomeScan(
+                f"y ~ {' + '.join(terms)} + snp",
+                data,
+                plink,
+                kinship,
+                method=args.method,
+                chunk_size=args.chunk_size,
+                loco=args.loco,
+            )
+            with _dask_client(args.scheduler) as client:
+                summary = scan.write(output, client=client, progress=not args.quiet)
+    if summary.resumed_from:
+        print(f"resumed after {summary.resumed_from} SNPs already in {args.out}", file=sys.stderr)
+    print(f"wrote {summary.n_snps} SNPs to {args.out}", file=sys.stderr)
+    if summary.failed:
         print(
-            f"warning: {unconverged} SNPs did not converge (see the converged column)",
-            file=sys.stderr,
-        )
-    if failed:
-        print(
-            f"error: {failed} SNPs failed and have NaN statistics (see the note column "
+            f"error: {summary.failed} SNPs failed and have NaN statistics (see the note column "
             f"of {args.out})",
             file=sys.stderr,
         )
@@ -126,29 +117,26 @@ def run_gwas(args: argparse.Namespace) -> int:
     return 0
 
 
-def _completed_rows(path: str, snp_ids: pd.Index) -> int:
-    """How many SNPs an earlier run of the same scan finished in ``path``.
-
-    A partly written last line (the run was killed while writing) is cut off. The
-    SNPs found must be the first SNPs of the scan, in order, or resuming would mix
-    two different scans.
-    """
-    target = Path(path)
-    if not target.exists() or target.stat().st_size == 0:
-        return 0
-    text = target.read_text(encoding="utf-8")
-    complete = text[: text.rfind("\n") + 1]
-    if len(complete) < len(text):
-        target.write_text(complete, encoding="utf-8")
-    lines = complete.splitlines()
-    found = [line.split("\t", 1)[0] for line in lines[1:]]
-    if not lines or lines[0].split("\t", 1)[0] != "snp" or found != list(snp_ids[: len(found)]):
+@contextmanager
+def _dask_client(address: str | None) -> Iterator[Any]:
+    """A Dask client connected to the scheduler at ``address`` (none without one)."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
         raise SystemExit(
-            f"emlmm: cannot resume: {path} is not an earlier, partial run of this scan "
-            "(its SNPs are not the fileset's first SNPs in order); remove it or choose "
-            "another --out"
-        )
-    return len(found)
+            "emlmm: error: --scheduler needs Dask's distributed package: pip install 'emlmm[dask]'"
+        ) from None
+    try:
+        client = Client(address, timeout="30s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise SystemExit(
+            f"emlmm: error: cannot connect to the Dask scheduler at {address}: {exc}"
+        ) from None
+    with client:
+        yield client
 
 
 def run_kinship(args: argparse.Namespace) -> int:
@@ -183,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emlmm", description="Linear mixed models with a kinship matrix, fitted by EM."
     )
+    parser.add_argument("--version", action="version", version=f"emlmm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     lab = commands.add_parser(
         "lab",
@@ -212,16 +201,36 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--kinship", help="n x n text matrix in .fam order (default: centered, from the genotypes)"
     )
-    scan.add_argument("--out", required=True, help="output table (tab-separated)")
+    scan.add_argument(
+        "--out",
+        required=True,
+        help="output table (tab-separated); its scan's identity goes to OUT.scan.json",
+    )
     scan.add_argument("--method", choices=["exact", "fixed"], default="exact")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
     scan.add_argument(
         "--chunk-size", type=int, default=None, help="SNPs per chunk (memory grows with it)"
     )
-    scan.add_argument(
+    existing = scan.add_mutually_exclusive_group()
+    existing.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted scan: keep the SNPs already in --out and add the rest",
+        help="continue an interrupted run of the same scan: keep the SNPs already in --out "
+        "and add the rest",
+    )
+    existing.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (refused otherwise)"
+    )
+    scan.add_argument(
+        "--loco",
+        action="store_true",
+        help="leave one chromosome out: test each chromosome's SNPs with a centered kinship "
+        "of the other chromosomes (instead of --kinship)",
+    )
+    scan.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="test the chunks on a Dask cluster, e.g. tcp://10.0.0.1:8786 (needs emlmm[dask])",
     )
     scan.set_defaults(run=run_gwas)
 
@@ -239,8 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a user's error ends it with one line and exit status 1."""
+    from emlmm.gwas import ScanFileError
+
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.run(args))
+        except (ScanFileError, FileExistsError, FileNotFoundError) as exc:
+            raise SystemExit(f"emlmm: error: {exc}") from None
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Warnings, one line each on standard error, as a command-line tool writes them."""
+    print(f"emlmm: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ names) and what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import patsy
+import statsmodels
 from numpy.typing import NDArray
 
 __all__ = [
@@ -31,7 +34,7 @@ _SHOW_LABELS = 5
 MAX_CONDITION = 1e7
 
 
-def _preview(labels: Sequence[Any]) -> str:
+def _preview(labels: Collection[Any]) -> str:
     shown = ", ".join(repr(label) for label in list(labels)[:_SHOW_LABELS])
     more = len(labels) - _SHOW_LABELS
     return shown + (f" and {more} more" if more > 0 else "")
@@ -205,7 +208,7 @@ def check_design(
     if condition > MAX_CONDITION:
         _, _, right = np.linalg.svd(scaled)
         weights = np.abs(right[-1])
-        involved = [exog_names[j] for j in np.nonzero(weights >= 0.1 * weights.max())[0]]
+        involved = [exog_names[int(j)] for j in np.nonzero(weights >= 0.1 * weights.max())[0]]
         raise ValueError(
             f"exog is ill-conditioned: its condition number is {condition:.3g} with every "
             f"column scaled to a largest value of 1 (at most {MAX_CONDITION:.0e} can be "
@@ -224,3 +227,26 @@ def _redundant_columns(exog: NDArray[np.float64], exog_names: Sequence[str]) -> 
         else:
             redundant.append(exog_names[column])
     return redundant
+
+
+#: statsmodels 0.15 takes a formula's namespace as a dict (and deprecates patsy's
+#: EvalEnvironment there); 0.14 takes only an EvalEnvironment.
+_NAMESPACE_AS_DICT = tuple(int(part) for part in statsmodels.__version__.split(".")[:2]) >= (0, 15)
+
+
+def capture_namespace(depth: int = 0) -> Any:
+    """The variables a formula sees besides its data, captured once: those of the frame
+    ``depth`` levels above the caller (0: the caller's caller), its locals before its
+    globals, in the form ``eval_env`` of statsmodels' ``from_formula`` takes.
+
+    Capturing the namespace once, where the user called in, and passing it down, is
+    what keeps a formula's names right however deep the calls that use it go.
+    """
+    frame = inspect.currentframe()
+    for _ in range(depth + 2):
+        assert frame is not None
+        frame = frame.f_back
+    assert frame is not None
+    if _NAMESPACE_AS_DICT:
+        return {**frame.f_globals, **frame.f_locals}
+    return patsy.EvalEnvironment([frame.f_locals, frame.f_globals])

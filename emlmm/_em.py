@@ -80,7 +80,7 @@ class RotatedData:
 
     @classmethod
     def build(cls, endog: Array, exog: Array, eigenvalues: Array) -> RotatedData:
-        return cls(endog, exog, eigenvalues, np.linalg.pinv(exog))
+        return cls(endog, exog, eigenvalues, np.asarray(np.linalg.pinv(exog), dtype=np.float64))
 
     @property
     def nobs(self) -> int:
@@ -149,7 +149,7 @@ def gls(data: RotatedData, variances: Array) -> tuple[Array, Array, Array]:
     Returns beta, ``(X' V^-1 X)^-1`` and the rotated residual ``y~ - X~ beta``.
     """
     weighted = data.exog / variances[..., :, None]
-    cov_beta = np.linalg.inv(_t(data.exog) @ weighted)
+    cov_beta = np.asarray(np.linalg.inv(_t(data.exog) @ weighted), dtype=np.float64)
     beta = _matvec(cov_beta, _t(weighted) @ data.endog)
     return beta, cov_beta, data.endog - _matvec(data.exog, beta)
 
@@ -256,7 +256,7 @@ def predicted_gain(
     """
     score = variance_score(data, estimate, reml)
     information = variance_information(data, estimate.sigma2_a, estimate.sigma2_e, reml)
-    step = np.linalg.solve(information, score[..., None])[..., 0]
+    step = np.asarray(np.linalg.solve(information, score[..., None]), dtype=np.float64)[..., 0]
     crosses_a = estimate.sigma2_a + step[..., 0] < 0.0
     crosses_e = ~crosses_a & (estimate.sigma2_e + step[..., 1] < 0.0)
     # On a boundary, the other variance takes its best step with this one fixed.

@@ -232,7 +232,7 @@ def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array]:
     ``u = (-beta, 1)``: ``Z u`` is the GLS residual, and ``u' M u`` its weighted sum
     of squares.
     """
-    cov_unscaled = np.linalg.inv(m1[..., :p, :p])
+    cov_unscaled = np.asarray(np.linalg.inv(m1[..., :p, :p]), dtype=np.float64)
     beta = (cov_unscaled @ m1[..., :p, p, None])[..., 0]
     u = np.concatenate([-beta, np.ones((*beta.shape[:-1], 1))], axis=-1)
     rss = np.einsum("...i,...ij,...j->...", u, m1, u)

@@ -1,19 +1,29 @@
 """Genome-wide association scans: the lab's per-SNP fits and tests, at scale.
 
-The null model is fitted once, by EM. Genotypes are then read chunk by chunk and
-rotated into the kinship's eigenbasis with one matrix product per chunk. Every SNP
-of the chunk is then fitted at once: Newton steps on the variance ratio, from the
-null model's estimates, each costing a few vectorised passes over the chunk
-(:mod:`emlmm._scan`); batched EM takes over for the rare SNP Newton cannot finish.
+A :class:`GenomeScan` is built once: it checks its inputs, fits the null model (the
+formula without ``snp``) and eigendecomposes the kinship. It then tests SNPs chunk by
+chunk: each chunk of genotypes is rotated into the kinship's eigenbasis with one
+matrix product, and every SNP of the chunk is fitted at once: Newton steps on the
+variance ratio, from the null model's estimates, each costing a few vectorised passes
+over the chunk (:mod:`emlmm._scan`); batched EM takes over for the rare SNP Newton
+cannot finish. Chunks are tested here or on the workers of a Dask client, returned
+as one table (:meth:`GenomeScan.run`, or :func:`gwas`), or written to a file that an
+interrupted scan can resume (:meth:`GenomeScan.write`, :class:`ScanOutput`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,11 +33,20 @@ from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _em, _scan
-from emlmm._data import check_choice, check_count, check_formula_inputs, check_positive
+from emlmm._data import (
+    _preview,
+    capture_namespace,
+    check_choice,
+    check_count,
+    check_flag,
+    check_formula_inputs,
+    check_positive,
+)
+from emlmm.genotypes import Genotypes, GenotypeSource
 from emlmm.kinship import kinship_sum
-from emlmm.model import EMLMM
+from emlmm.model import EMLMM, NullFit
 
-__all__ = ["gwas"]
+__all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]
 
 ScanMethod = Literal["exact", "fixed"]
 ProgressCallback = Callable[[int, int], None]
@@ -40,59 +59,721 @@ COLUMNS = [
     "af", "n_miss", "beta", "se", "p_wald", "lrt", "p_lrt", "p_score",
     "llf", "sigma2_a", "sigma2_e", "n_iter", "converged", "note",
 ]  # fmt: skip
+#: How numbers are written to a scan's file (and so what its identity records).
+FLOAT_FORMAT = "%.6g"
+#: Version of the identity record written beside a scan's table.
+IDENTITY_FORMAT = 1
 
 
-class GenotypeSource(Protocol):
-    """What a scan reads genotypes from (``emlmm.io.PlinkGenotypes`` is one)."""
-
-    @property
-    def sample_ids(self) -> pd.Index: ...
-
-    @property
-    def snps(self) -> pd.DataFrame: ...
-
-    def read(self, start: int = 0, stop: int | None = None) -> NDArray[np.float64]: ...
+class ScanFileError(ValueError):
+    """A scan's output file cannot be used: it is locked by another scan, a link, or
+    (to resume) not an earlier, partial run of the same scan."""
 
 
 @dataclass(frozen=True)
-class _AlignedGenotypes:
-    """Genotype chunks with rows in the order of the analysed individuals."""
+class ScanSummary:
+    """What :meth:`GenomeScan.write` did.
 
-    snps: pd.DataFrame
-    read_columns: Callable[[int, int], NDArray[np.float64]]
-    rows: NDArray[np.intp]
+    Attributes
+    ----------
+    path : pathlib.Path
+        The table written.
+    n_snps : int
+        SNPs in the scan (rows of the finished table).
+    resumed_from : int
+        SNPs already in the file from an earlier run (0 for a new scan).
+    failed, unconverged : int
+        SNPs written by this run whose fit failed (NaN statistics, see ``note``) or
+        did not converge.
+    """
 
-    def for_rows(self, rows: NDArray[np.intp]) -> _AlignedGenotypes:
-        """The same SNPs for a subset of these rows (positions into ``self.rows``)."""
-        return replace(self, rows=self.rows[rows])
+    path: Path
+    n_snps: int
+    resumed_from: int
+    failed: int
+    unconverged: int
 
-    def columns(self, indices: NDArray[np.intp]) -> _AlignedGenotypes:
-        """The SNPs at ``indices`` (increasing), read in runs of adjacent columns."""
 
-        def read(first: int, stop: int) -> NDArray[np.float64]:
-            wanted = indices[first:stop]
-            runs = np.split(wanted, np.nonzero(np.diff(wanted) != 1)[0] + 1)
-            return np.concatenate(
-                [self.read_columns(int(run[0]), int(run[-1]) + 1) for run in runs], axis=1
+@dataclass(frozen=True)
+class _Part:
+    """SNPs tested against one null model: all of them, or one chromosome (LOCO)."""
+
+    label: Any
+    #: Positions of the part's SNPs in the input, increasing.
+    positions: NDArray[np.intp]
+    #: Their genotypes (every row of ``data`` for LOCO; the null model picks its own).
+    genotypes: Genotypes
+
+
+class GenomeScan:
+    """A genome scan, ready to test SNPs: the lab's per-SNP fits with GEMMA's tests.
+
+    Building a scan checks every input, fits the null model (the formula without its
+    ``snp`` term) by ML and REML, and eigendecomposes the kinship, once. The SNPs are
+    then tested chunk by chunk, in input order, from any start: :meth:`tables` yields
+    each chunk's table, :meth:`run` returns the whole table, and :meth:`write` writes
+    it to a file, which an interrupted scan can resume. Chunks are tested in this
+    process or, given a Dask client, on its workers, with the same results.
+
+    Parameters
+    ----------
+    formula : str
+        A formula with a term ``snp`` standing for each genotype column in turn,
+        e.g. ``"y ~ 1 + sex + snp"``; the other terms are covariates. Names in the
+        formula are looked up in ``data``, then in the caller's namespace.
+    data : pandas.DataFrame
+        Phenotype and covariates, one row per individual. Rows with missing values
+        are left out (with their rows and columns of the kinship).
+    genotypes : DataFrame, ndarray, dask array or PlinkGenotypes
+        Individuals x SNPs, allele counts or dosages in [0, 2], NaN for missing
+        (imputed by the SNP's mean). A DataFrame (by index) and PLINK genotypes from
+        :func:`emlmm.read_plink` (by sample id) are matched to ``data``'s index; an
+        array's rows are taken in ``data``'s row order. Read a chunk at a time
+        (:class:`emlmm.genotypes.Genotypes`). SNP ids may repeat: each SNP still gets
+        its own row, and a warning names the repeated ids.
+    kinship : array_like or DataFrame or None
+        The kinship, as for :class:`emlmm.EMLMM`; ``None`` with ``loco=True``.
+    method : {"exact", "fixed"}
+        ``"exact"``: for every SNP the variance components are re-estimated by ML
+        (as the lab does) for the likelihood-ratio test, and by REML for the Wald
+        test, as GEMMA's ``-lmm 4``. ``"fixed"``: the variance components stay at
+        the null model's REML estimates (EMMAX, P3D), which is faster.
+    chunk_size : int, optional
+        SNPs per chunk; memory grows with ``n * chunk_size``. By default
+        :func:`emlmm.genotypes.default_chunk_size`.
+    maxiter, tol : int, float
+        Iteration limit and tolerance per SNP fit (and of the null fit). ``tol``
+        bounds the log-likelihood gain still available at convergence, as in
+        :meth:`emlmm.EMLMM.fit`.
+    loco : bool
+        Leave one chromosome out: the SNPs of each chromosome are tested against a
+        null model whose kinship (GEMMA's centered kinship, with its default SNP
+        filters, over all rows of ``data``) is built from the other chromosomes,
+        so a SNP never competes with itself in the random effect. Needs chromosome
+        labels: PLINK's, or ``chromosomes``. The null models are fitted one
+        chromosome at a time, as the scan reaches them, so one eigendecomposition
+        is held at a time.
+    chromosomes : array_like, optional
+        One chromosome label per SNP, for genotypes without them (reported as the
+        ``chr`` column).
+    eval_env : int or dict
+        The namespace the formula's names are looked up in besides ``data``: 0 (the
+        default) is the caller's, 1 its caller's, and so on; or the names themselves,
+        as for statsmodels' ``from_formula``. It is captured once, when the scan is
+        built.
+
+    Attributes
+    ----------
+    snps : pandas.DataFrame
+        The SNPs, in input order, indexed by id, with ``chr`` and ``pos`` when known.
+    n_snps : int
+        Their number.
+    chunk_size : int
+        SNPs per chunk.
+    null_model : EMLMM or None
+        The null model (``None`` with ``loco=True``: there is one per chromosome).
+
+    See Also
+    --------
+    gwas : Build a scan and run it, in one call.
+
+    Examples
+    --------
+    >>> from emlmm import GenomeScan
+    >>> from emlmm.datasets import load_lab
+    >>> lab = load_lab()
+    >>> scan = GenomeScan("y ~ 1 + snp", lab.phenotype.to_frame(),
+    ...                   lab.genotypes.iloc[:, :60], lab.kinship, chunk_size=25)
+    >>> [len(table) for table in scan.tables()]
+    [25, 25, 10]
+    >>> later = next(scan.tables(start=50))
+    >>> later.index[0], len(later)
+    ('snp0051', 10)
+    >>> table = scan.run()
+    >>> table.shape, bool(table.p_lrt.between(0, 1).all())
+    ((60, 14), True)
+
+    Writing to a file, which ``resume=True`` continues after an interruption:
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> summary = scan.write(folder / "scan.tsv")
+    >>> summary.n_snps, summary.failed
+    (60, 0)
+    >>> sorted(path.name for path in folder.iterdir())
+    ['scan.tsv', 'scan.tsv.scan.json']
+    >>> scan.write(folder / "scan.tsv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... exists; pass overwrite=True (--overwrite) to replace it, or
+    resume=True (--resume) to continue an interrupted run of the same scan
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        data: pd.DataFrame,
+        genotypes: pd.DataFrame | ArrayLike | GenotypeSource | Genotypes,
+        kinship: ArrayLike | pd.DataFrame | None,
+        method: ScanMethod = "exact",
+        *,
+        chunk_size: int | None = None,
+        maxiter: int = 10_000,
+        tol: float = _em.DEFAULT_TOLERANCE,
+        loco: bool = False,
+        chromosomes: ArrayLike | None = None,
+        eval_env: int | dict[str, Any] | patsy.EvalEnvironment = 0,
+    ) -> None:
+        check_formula_inputs(formula, data)
+        check_choice("method", method, ("exact", "fixed"))
+        self.formula = formula
+        self.method: ScanMethod = method
+        self.maxiter = check_count("maxiter", maxiter)
+        self.tol = check_positive("tol", tol)
+        self.loco = check_flag("loco", loco)
+        if chunk_size is not None:
+            chunk_size = check_count("chunk_size", chunk_size)
+        if isinstance(eval_env, (int, np.integer)) and not isinstance(eval_env, bool):
+            eval_env = capture_namespace(check_count("eval_env", eval_env, 0))
+        self._eval_env = eval_env
+        self._data = data
+        self._null_formula = _null_formula(formula)
+        source = Genotypes.from_any(genotypes, chromosomes)
+        self.snps: pd.DataFrame = source.snps
+        self._warn_duplicates(source)
+        self.null_model: EMLMM | None
+        if self.loco:
+            if kinship is not None:
+                raise ValueError(
+                    "with loco=True the kinships are built from the genotypes, one per "
+                    "left-out chromosome; pass kinship=None"
+                )
+            if "chr" not in source.snps.columns:
+                raise ValueError(
+                    "loco=True needs chromosome labels: use PLINK genotypes "
+                    "(emlmm.read_plink) or pass chromosomes=[...], one per SNP"
+                )
+            self.null_model = None
+            everyone = source.for_individuals(data.index, data.index)
+            chromosome = source.snps["chr"].to_numpy()
+            self._parts = [
+                _Part(label, positions, everyone.select(positions))
+                for label in pd.unique(chromosome)
+                for positions in [np.nonzero(chromosome == label)[0]]
+            ]
+            self._loco_genotypes = everyone
+            n_rows = len(data.index)
+        else:
+            self.null_model = self._null_model(kinship)
+            used = pd.Index(self.null_model.data.row_labels)
+            aligned = source.for_individuals(used, data.index)
+            self._parts = [_Part(None, np.arange(source.n_snps), aligned)]
+            n_rows = len(used)
+        self.chunk_size = chunk_size or _default_chunk_size(n_rows)
+        self._order = np.concatenate([part.positions for part in self._parts])
+        self._current: tuple[int, _Scanner] | None = None
+        self._first_null: EMLMM | None = None  # LOCO: the first chromosome's null model
+        if not self.loco:
+            self._scanner(0)  # fit the null model now: its errors belong to building
+
+    # ------------------------------------------------------------- null models
+
+    @property
+    def n_snps(self) -> int:
+        """Number of SNPs."""
+        return len(self.snps)
+
+    def _null_model(self, kinship: Any) -> EMLMM:
+        return EMLMM.from_formula(
+            self._null_formula, data=self._data, kinship=kinship, eval_env=self._eval_env
+        )
+
+    def _scanner(self, number: int) -> _Scanner:
+        """The scanner of part ``number``; LOCO keeps only the latest one."""
+        if self._current is not None and self._current[0] == number:
+            return self._current[1]
+        if self.loco:
+            model = self._null_model(self._loco_kinship(self._parts[number]))
+            part = self._parts[number]
+            used = pd.Index(model.data.row_labels)
+            genotypes = part.genotypes.for_individuals(used, self._data.index)
+            self._parts[number] = replace(part, genotypes=genotypes)
+            if self._first_null is None:
+                self._first_null = model
+        else:
+            assert self.null_model is not None
+            model = self.null_model
+        scanner = _Scanner(model.fit_for_scan(self.maxiter, self.tol), self.method,
+                           self.maxiter, self.tol)  # fmt: skip
+        self._current = (number, scanner)
+        return scanner
+
+    @cached_property
+    def _kinship_sums(self) -> tuple[NDArray[np.float64], int]:
+        """LOCO: the kinship's sum of products over all SNPs, and the SNPs it used."""
+        genotypes = self._loco_genotypes
+        matrix, counts = kinship_sum(genotypes.n_rows, genotypes.chunks())
+        return matrix, counts.used
+
+    def _loco_kinship(self, part: _Part) -> pd.DataFrame:
+        """The centered kinship of every chromosome but the part's."""
+        total, used = self._kinship_sums
+        share, counts = kinship_sum(part.genotypes.n_rows, part.genotypes.chunks())
+        if used == counts.used:
+            raise ValueError(
+                f"no SNP outside chromosome {part.label} passes the kinship's filters, so "
+                "its leave-one-out kinship cannot be built"
+            )
+        labels = self._data.index
+        return pd.DataFrame((total - share) / (used - counts.used), index=labels,
+                            columns=labels)  # fmt: skip
+
+    # ------------------------------------------------------------------ chunks
+
+    @property
+    def in_input_order(self) -> bool:
+        """Whether chunks come in input order (not so only for LOCO scans of genotypes
+        whose chromosomes are interleaved: their chunks come chromosome by chromosome)."""
+        return bool(np.all(self._order == np.arange(self.n_snps)))
+
+    def tables(
+        self,
+        start: int = 0,
+        *,
+        client: Any = None,
+        progress: bool | ProgressCallback = False,
+    ) -> Iterator[pd.DataFrame]:
+        """Each chunk's result table, for the SNPs from position ``start`` on.
+
+        Parameters
+        ----------
+        start : int
+            The first SNP to test (0-based; chunks are counted from there).
+        client : dask.distributed.Client, optional
+            Test the chunks on the workers of a Dask cluster. The null model and
+            eigendecomposition are sent to each worker once; chunks are read here
+            and sent out a few at a time, so memory stays bounded. The results are
+            those of the in-process scan.
+        progress : bool or callable
+            ``True`` draws a progress bar on standard error; a callable is called as
+            ``progress(done, total)`` after each chunk.
+
+        Yields
+        ------
+        pandas.DataFrame
+            A chunk's rows, as described in :func:`gwas`.
+        """
+        start = check_count("start", start, 0)
+        report = _progress_bar if progress is True else (progress or None)
+        chunks = self._chunks(start)
+        results = (
+            ((first, stop, scanner.scan(block)) for scanner, first, stop, block in chunks)
+            if client is None
+            else _distributed(client, chunks)
+        )
+        for first, stop, table in results:
+            yield self._labelled(first, stop, table)
+            if report is not None:
+                report(stop, self.n_snps)
+
+    def _chunks(self, start: int) -> Iterator[tuple[_Scanner, int, int, NDArray[np.float64]]]:
+        """``(scanner, first, stop, block)`` per chunk; positions count in scan order."""
+        offset = 0
+        for number, part in enumerate(self._parts):
+            size = len(part.positions)
+            if start < offset + size:
+                scanner = self._scanner(number)
+                genotypes = self._parts[number].genotypes
+                for first, stop, block in genotypes.chunks(
+                    self.chunk_size, max(start - offset, 0)
+                ):
+                    yield scanner, offset + first, offset + stop, block
+            offset += size
+
+    def _labelled(self, first: int, stop: int, table: pd.DataFrame) -> pd.DataFrame:
+        """A chunk's statistics indexed by SNP id, with chr and pos when known."""
+        snps = self.snps.iloc[self._order[first:stop]]
+        known = [column for column in ("chr", "pos") if column in snps.columns]
+        table.index = snps.index
+        return pd.concat([snps[known], table], axis=1)
+
+    def run(
+        self, *, client: Any = None, progress: bool | ProgressCallback = False
+    ) -> pd.DataFrame:
+        """Test every SNP: one row per input SNP, in input order.
+
+        A warning gives the count of SNPs whose fit failed or did not converge.
+        ``client`` and ``progress`` are as for :meth:`tables`.
+        """
+        tables = list(self.tables(client=client, progress=progress))
+        if not tables:
+            known = [column for column in ("chr", "pos") if column in self.snps.columns]
+            return pd.DataFrame(columns=[*known, *COLUMNS], index=self.snps.index)
+        result = pd.concat(tables)
+        if not self.in_input_order:
+            result = result.iloc[np.argsort(self._order, kind="stable")]
+        warn_failures(result, stacklevel=3)
+        return result
+
+    # ------------------------------------------------------------------- files
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """What makes this scan this scan: recorded beside a written table, so that
+        only the same scan resumes it.
+
+        The emlmm version, formula, method and options, content hashes (SHA-256) of
+        the analysed sample ids, phenotype, covariates and kinship, and of the SNP list
+        (ids, chromosomes, positions), with its length.
+        """
+        if self.loco:
+            self._scanner(0)
+            assert self._first_null is not None
+            model = self._first_null
+            kinship = "leave one chromosome out: centered, from the genotypes"
+        else:
+            assert self.null_model is not None
+            model = self.null_model
+            kinship = _digest(model.kinship)
+        from emlmm import __version__
+
+        return {
+            "format": IDENTITY_FORMAT,
+            "emlmm": __version__,
+            "formula": self.formula,
+            "method": self.method,
+            "options": {"maxiter": self.maxiter, "tol": self.tol, "loco": self.loco},
+            "table": {"columns": self.header, "float_format": FLOAT_FORMAT},
+            "samples": {"count": int(model.nobs), "ids": _digest(model.data.row_labels)},
+            "phenotype": _digest(model.endog),
+            "covariates": _digest(model.exog, model.exog_names),
+            "kinship": kinship,
+            "snps": {"count": self.n_snps, "list": _digest(self.snps.index, *self.snps.T.values)},
+        }
+
+    @property
+    def header(self) -> list[str]:
+        """The written table's columns, the SNP id first."""
+        known = [column for column in ("chr", "pos") if column in self.snps.columns]
+        return ["snp", *known, *COLUMNS]
+
+    def write(
+        self,
+        path: str | os.PathLike[str] | ScanOutput,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        client: Any = None,
+        progress: bool | ProgressCallback = False,
+    ) -> ScanSummary:
+        """Test every SNP and write the table to ``path``, a chunk at a time.
+
+        The table is tab-separated, one row per SNP in input order (columns as
+        :func:`gwas` returns them, the SNP id first). Each chunk is flushed as soon
+        as it is done, so an interrupted scan keeps what it finished, and the scan's
+        identity (:attr:`identity`) is written beside it to ``path + ".scan.json"``.
+
+        Parameters
+        ----------
+        path : str, path or ScanOutput
+            The table. An existing file is refused unless ``overwrite`` or
+            ``resume``; a symbolic link is refused; while a scan writes a table,
+            another scan refuses it at once.
+        overwrite : bool
+            Replace an existing table.
+        resume : bool
+            Continue an interrupted run: the table must be an earlier, partial run of
+            this very scan (same identity, its SNPs the first ones, in order). It is
+            checked before anything is changed; a partly written last line is then
+            cut off and the remaining SNPs appended, so the finished file is the one
+            an uninterrupted run writes. Without a table, the scan starts afresh.
+        client, progress
+            As for :meth:`tables`.
+
+        Returns
+        -------
+        ScanSummary
+            A warning is also given for SNPs written whose fit failed or did not
+            converge.
+
+        Raises
+        ------
+        FileExistsError
+            If the table exists and neither ``overwrite`` nor ``resume`` is given.
+        ScanFileError
+            If the table is a link, is being written by another scan, or (to resume)
+            is not an earlier run of this scan.
+        """
+        if isinstance(path, ScanOutput):
+            return self._write(path, client, progress)
+        with ScanOutput(path, overwrite=overwrite, resume=resume) as output:
+            return self._write(output, client, progress)
+
+    def _write(
+        self, output: ScanOutput, client: Any, progress: bool | ProgressCallback
+    ) -> ScanSummary:
+        if not self.in_input_order:
+            raise ValueError(
+                "a LOCO scan of genotypes whose chromosomes are interleaved cannot be written "
+                "in input order; sort the SNPs by chromosome (plink --make-bed does), or use "
+                "GenomeScan.run()"
+            )
+        done = output.begin(self.identity, self.header, list(self.snps.index))
+        failed = unconverged = 0
+        for table in self.tables(start=done, client=client, progress=progress):
+            output.append(table)
+            chunk_failed, chunk_unconverged = count_failures(table)
+            failed, unconverged = failed + chunk_failed, unconverged + chunk_unconverged
+        summary = ScanSummary(output.path, self.n_snps, done, failed, unconverged)
+        _warn_counts(failed, unconverged, self.n_snps - done, "", stacklevel=4)
+        return summary
+
+    def _warn_duplicates(self, genotypes: Genotypes) -> None:
+        repeated = genotypes.duplicated_ids()
+        if len(repeated):
+            warnings.warn(
+                f"{len(repeated)} SNP ids appear more than once ({_preview(list(repeated))}); "
+                "each SNP is tested and reported in a row of its own, in input order",
+                UserWarning,
+                stacklevel=3,
             )
 
-        return replace(self, snps=self.snps.iloc[indices], read_columns=read)
 
-    def chunks(
-        self, chunk_size: int, start: int = 0
-    ) -> Iterator[tuple[int, int, NDArray[np.float64]]]:
-        n_snps = len(self.snps)
-        for first in range(start, n_snps, chunk_size):
-            stop = min(first + chunk_size, n_snps)
-            block = np.asarray(self.read_columns(first, stop), dtype=float)[self.rows]
-            yield first, stop, block
+def _default_chunk_size(n_rows: int) -> int:
+    from emlmm.genotypes import default_chunk_size
+
+    return default_chunk_size(n_rows)
+
+
+def _distributed(
+    client: Any, chunks: Iterator[tuple[_Scanner, int, int, NDArray[np.float64]]]
+) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """Chunks tested on a Dask client's workers, a few in flight, in order."""
+    in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
+    scattered: tuple[_Scanner, Any] | None = None
+    pending: list[tuple[int, int, Any]] = []
+    for scanner, first, stop, block in chunks:
+        if scattered is None or scattered[0] is not scanner:
+            scattered = (scanner, client.scatter(scanner, broadcast=True))
+        pending.append((first, stop, client.submit(_scan_block, scattered[1], block, pure=False)))
+        while len(pending) >= in_flight:
+            first, stop, future = pending.pop(0)
+            yield first, stop, future.result()
+    for first, stop, future in pending:
+        yield first, stop, future.result()
+
+
+def _digest(*parts: Any) -> str:
+    """SHA-256 of arrays and label lists, in a form independent of memory layout."""
+    digest = hashlib.sha256()
+    for part in parts:
+        values = np.asarray(part)
+        if values.dtype.kind in "biuf":
+            digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+        else:
+            digest.update("\x1f".join(map(str, values.ravel())).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+class ScanOutput:
+    """A scan's table file, opened safely: locked, never through a link, never
+    overwritten or resumed by another scan.
+
+    Opening (the constructor) refuses an existing table unless ``overwrite`` or
+    ``resume`` is given, refuses symbolic links, and takes an exclusive lock on the
+    table, so a second scan on the same file refuses at once; the lock goes with the
+    process, however it ends. :meth:`begin` then records the scan's identity and
+    header (or, to resume, checks them, and only then cuts off a partly written last
+    line), and :meth:`append` adds chunks. Used as a context manager; a table this
+    object created but never began is removed on exit.
+
+    Parameters
+    ----------
+    path : str or path
+        The table. Its identity record is ``path + ".scan.json"``.
+    overwrite, resume : bool
+        As for :meth:`GenomeScan.write`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from emlmm import ScanOutput
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "scan.tsv"
+    >>> with ScanOutput(path) as output:
+    ...     ScanOutput(path, overwrite=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    emlmm.gwas.ScanFileError: another emlmm scan is writing .../scan.tsv; wait for it to
+    finish, or choose another output
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.identity_path = self.path.with_name(self.path.name + ".scan.json")
+        overwrite, resume = check_flag("overwrite", overwrite), check_flag("resume", resume)
+        if overwrite and resume:
+            raise ValueError("overwrite and resume exclude each other: choose one")
+        self.resume = resume
+        for target in (self.path, self.identity_path):
+            if target.is_symlink():
+                raise ScanFileError(
+                    f"{target} is a symbolic link; emlmm does not write through links: name "
+                    "the file itself, or another output"
+                )
+        exists = self.path.exists()
+        if exists and not self.path.is_file():
+            raise ScanFileError(f"{self.path} exists and is not a regular file")
+        if (exists or self.identity_path.exists()) and not (overwrite or resume):
+            found = self.path if exists else self.identity_path
+            raise FileExistsError(
+                f"{found} exists; pass overwrite=True (--overwrite) to replace it, or "
+                "resume=True (--resume) to continue an interrupted run of the same scan"
+            )
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        descriptor = os.open(self.path, flags, 0o666)
+        try:
+            _lock(descriptor, self.path)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._created = not exists
+        self._begun = False
+        self._file: IO[str] = open(descriptor, "r+", encoding="utf-8", newline="")
+
+    def begin(self, identity: dict[str, Any], header: list[str], snp_ids: list[str]) -> int:
+        """Start (or, resuming, check and continue) the table; SNPs already done.
+
+        Nothing is changed before the existing table and its identity are found to
+        be an earlier run of this scan.
+        """
+        self._begun = True
+        self._file.seek(0)
+        text = self._file.read() if self.resume else ""
+        if self.resume and text:
+            done, keep = self._check_earlier_run(text, identity, header, snp_ids)
+            self._file.seek(0)
+            self._file.truncate(len(text[:keep].encode("utf-8")))
+            self._file.seek(0, os.SEEK_END)
+            return done
+        # A new table: empty it first, so that a run killed before its identity is
+        # written leaves an empty table (which --resume starts afresh), never an old
+        # table beside a new identity.
+        self._file.truncate(0)
+        self._file.flush()
+        _write_atomically(self.identity_path, json.dumps(identity, indent=1) + "\n")
+        self._file.write("\t".join(header) + "\n")
+        self._file.flush()
+        return 0
+
+    def _check_earlier_run(
+        self, text: str, identity: dict[str, Any], header: list[str], snp_ids: list[str]
+    ) -> tuple[int, int]:
+        """Rows of an earlier run of this scan in ``text``, and the length to keep."""
+        refuse = f"cannot resume {self.path}"
+        try:
+            recorded = json.loads(self.identity_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ScanFileError(
+                f"{refuse}: it has no identity record {self.identity_path.name}, so it is not "
+                "a scan emlmm wrote (or its record was removed); remove it or choose another "
+                "output"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ScanFileError(
+                f"{refuse}: its identity record {self.identity_path} is unreadable ({exc})"
+            ) from None
+        differences = _differences(recorded, identity)
+        if differences:
+            raise ScanFileError(
+                f"{refuse}: it was written by another scan ({'; '.join(differences[:4])}); "
+                "remove it, choose another output, or pass --overwrite"
+            )
+        complete = text[: text.rfind("\n") + 1]
+        lines = complete.splitlines()
+        found = [line.split("\t", 1)[0] for line in lines[1:]]
+        if not lines or lines[0].split("\t") != header or found != snp_ids[: len(found)]:
+            raise ScanFileError(
+                f"{refuse}: its rows are not this scan's first SNPs in order (was it "
+                "edited?); remove it or pass --overwrite"
+            )
+        return len(found), len(complete)
+
+    def append(self, table: pd.DataFrame) -> None:
+        """Write a chunk's rows and flush them to the operating system."""
+        table.to_csv(self._file, sep="\t", header=False, float_format=FLOAT_FORMAT)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Release the lock (and remove a table created here but never begun)."""
+        if self._file.closed:
+            return
+        if self._created and not self._begun:
+            self.path.unlink(missing_ok=True)
+        self._file.close()
+
+    def __enter__(self) -> ScanOutput:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _lock(descriptor: int, path: Path) -> None:
+    """An exclusive lock on an open file, refused at once if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no locking
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ScanFileError(
+            f"another emlmm scan is writing {path}; wait for it to finish, or choose "
+            "another output"
+        ) from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a temporary file, then renamed over it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with open(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _differences(recorded: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Where two identity records differ, as ``key: recorded -> current``."""
+    if not isinstance(recorded, dict):
+        return [f"{prefix or 'record'}: not a scan identity"]
+    found: list[str] = []
+    for key in current:
+        name = f"{prefix}{key}"
+        old, new = recorded.get(key), current[key]
+        if isinstance(new, dict):
+            found.extend(_differences(old if old is not None else {}, new, f"{name}."))
+        elif old != new:
+            shown = [value[:12] + "..." if isinstance(value, str) and len(value) == 64 else value
+                     for value in (old, new)]  # fmt: skip
+            found.append(f"{name}: {shown[0]!r} there, {shown[1]!r} here")
+    return found
 
 
 def gwas(
     formula: str,
     data: pd.DataFrame,
     genotypes: pd.DataFrame | ArrayLike | GenotypeSource,
-    kinship: ArrayLike | pd.DataFrame,
+    kinship: ArrayLike | pd.DataFrame | None,
     method: ScanMethod = "exact",
     *,
     chunk_size: int | None = None,
@@ -105,64 +786,31 @@ def gwas(
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
+    A shortcut for ``GenomeScan(...).run(...)``: see :class:`GenomeScan` for the
+    parameters, for chunk-by-chunk results and for writing to a file.
+
     Parameters
     ----------
-    formula : str
-        A formula with a term ``snp`` standing for each genotype column in turn,
-        e.g. ``"y ~ 1 + sex + snp"``; the other terms are covariates.
-    data : pandas.DataFrame
-        Phenotype and covariates, one row per individual. Rows with missing
-        values are left out (with their rows and columns of the kinship).
-    genotypes : DataFrame, ndarray or PlinkGenotypes
-        Individuals x SNPs, coded 0/1/2 (NaN for missing). A DataFrame is aligned
-        to ``data`` by index; an ndarray is taken in ``data``'s row order; PLINK
-        genotypes from :func:`emlmm.read_plink` are matched by sample id.
-    kinship : array_like or DataFrame or None
-        The kinship, as for :class:`emlmm.EMLMM`; ``None`` with ``loco=True``.
-    method : {"exact", "fixed"}
-        ``"exact"``: for every SNP the variance components are re-estimated by ML
-        (as the lab does) for the likelihood-ratio test, and by REML for the Wald
-        test, as GEMMA's ``-lmm 4``. ``"fixed"``: the variance components stay at
-        the null model's REML estimates (EMMAX, P3D), which is faster.
-    chunk_size : int, optional
-        SNPs per chunk; memory grows with ``n * chunk_size``. By default chosen
-        from the number of individuals.
-    maxiter, tol : int, float
-        Iteration limit and tolerance per SNP fit. ``tol`` bounds the log-likelihood
-        gain still available at convergence, as in :meth:`emlmm.EMLMM.fit`.
-    progress : bool or callable
-        ``True`` draws a progress bar on standard error; a callable is called as
-        ``progress(done, total)`` after each chunk.
-    client : dask.distributed.Client, optional
-        Test the SNP chunks on a Dask cluster. The null model and the kinship's
-        eigendecomposition are computed once, here, and broadcast to the workers;
-        chunks are read here and sent out, a few at a time, so memory stays
-        bounded. The results are those of the in-process scan. ``genotypes`` may
-        also be a dask array, read chunk by chunk.
-    loco : bool
-        Leave one chromosome out: the SNPs of each chromosome are tested against a
-        null model whose kinship (GEMMA's centered kinship, with its default SNP
-        filters, over all rows of ``data``) is built from the other chromosomes,
-        so a SNP never competes with itself in the random effect. Needs
-        chromosome labels: PLINK's, or ``chromosomes``.
-    chromosomes : array_like, optional
-        One chromosome label per SNP, for genotypes without them (reported as the
-        ``chr`` column).
+    formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, loco, chromosomes
+        As for :class:`GenomeScan`.
+    progress, client
+        As for :meth:`GenomeScan.tables`.
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by SNP id, with ``chr`` and ``pos`` when known, then ``af``
-        (frequency of the counted allele), ``n_miss`` (missing genotypes, imputed
-        by the SNP's mean), ``beta`` and ``se`` (REML, as GEMMA reports them),
-        ``p_wald`` (F(1, n - p) on the REML Wald statistic), ``lrt`` and
-        ``p_lrt`` (ML likelihood ratio against the null, chi2(1)), ``p_score``
-        (GEMMA's score test at the null ML estimates), ``llf``, ``sigma2_a`` and
-        ``sigma2_e`` (the SNP's ML fit), ``n_iter`` (iterations of the SNP's ML
-        fit: Newton steps on sigma2_a / sigma2_e, plus EM iterations in the rare
-        case EM had to finish it), ``converged`` (ML and REML fits), and ``note``
-        saying why a SNP's statistics are NaN (all missing, monomorphic,
-        collinear with the covariates).
+        One row per input SNP, in input order, indexed by SNP id, with ``chr`` and
+        ``pos`` when known, then ``af`` (frequency of the counted allele),
+        ``n_miss`` (missing genotypes, imputed by the SNP's mean), ``beta`` and
+        ``se`` (REML, as GEMMA reports them), ``p_wald`` (F(1, n - p) on the REML
+        Wald statistic), ``lrt`` and ``p_lrt`` (ML likelihood ratio against the
+        null, chi2(1)), ``p_score`` (GEMMA's score test at the null ML estimates),
+        ``llf``, ``sigma2_a`` and ``sigma2_e`` (the SNP's ML fit), ``n_iter``
+        (iterations of the SNP's ML fit: Newton steps on sigma2_a / sigma2_e, plus
+        EM iterations in the rare case EM had to finish it), ``converged`` (ML and
+        REML fits), and ``note`` saying why a SNP's statistics are NaN (all
+        missing, monomorphic, collinear with the covariates, or ``failed: ...``
+        when its fit broke down numerically; a warning counts those).
 
     Examples
     --------
@@ -176,45 +824,20 @@ def gwas(
     >>> bool((table.p_lrt.between(0, 1)).all())
     True
     """
-    report = _progress_bar if progress is True else (progress or None)
-    tables: list[pd.DataFrame] = []
-    # _prepare_scan is called from this frame (not a comprehension or generator), so
-    # eval_env=1 is gwas()'s caller on every Python version.
-    if loco:
-        if kinship is not None:
-            raise ValueError(
-                "with loco=True the kinships are built from the genotypes, one per left-out "
-                "chromosome; pass kinship=None"
-            )
-        check_formula_inputs(formula, data)
-        aligned = _align_genotypes(genotypes, data.index, data.index, chromosomes)
-        snp_order = aligned.snps.index
-        # One chromosome at a time, so only one eigendecomposition is held in memory.
-        for part, part_kinship in _leave_one_chromosome_out(aligned, data.index):
-            prepared = _prepare_scan(
-                formula, data, part, part_kinship, method, chunk_size, maxiter, tol, eval_env=1
-            )
-            tables.extend(prepared.run(client, report))
-    else:
-        prepared = _prepare_scan(
-            formula,
-            data,
-            genotypes,
-            kinship,
-            method,
-            chunk_size,
-            maxiter,
-            tol,
-            eval_env=1,
-            chromosomes=chromosomes,
-        )
-        snp_order = prepared.aligned.snps.index
-        tables.extend(prepared.run(client, report))
-    if not tables:
-        return pd.DataFrame(columns=COLUMNS, index=snp_order)
-    result = pd.concat(tables).loc[snp_order]
-    warn_failures(result, stacklevel=3)
-    return result
+    scan = GenomeScan(
+        formula,
+        data,
+        genotypes,
+        kinship,
+        method,
+        chunk_size=chunk_size,
+        maxiter=maxiter,
+        tol=tol,
+        loco=loco,
+        chromosomes=chromosomes,
+        eval_env=capture_namespace(),
+    )
+    return scan.run(client=client, progress=progress)
 
 
 def count_failures(table: pd.DataFrame) -> tuple[int, int]:
@@ -227,11 +850,15 @@ def count_failures(table: pd.DataFrame) -> tuple[int, int]:
 def warn_failures(table: pd.DataFrame, stacklevel: int = 2) -> None:
     """A warning with the count of SNPs whose statistics could not be computed."""
     failed, unconverged = count_failures(table)
+    first = table.note[table.note.str.startswith("failed")].iloc[0] if failed else ""
+    _warn_counts(failed, unconverged, len(table), f"; the first: {first}", stacklevel + 1)
+
+
+def _warn_counts(failed: int, unconverged: int, total: int, first: str, stacklevel: int) -> None:
     if failed:
-        first = table.note[table.note.str.startswith("failed")].iloc[0]
         warnings.warn(
-            f"{failed} of {len(table)} SNPs failed and have NaN statistics (see the note "
-            f"column; the first: {first})",
+            f"{failed} of {total} SNPs failed and have NaN statistics (see the note "
+            f"column{first})",
             ConvergenceWarning,
             stacklevel=stacklevel,
         )
@@ -242,100 +869,6 @@ def warn_failures(table: pd.DataFrame, stacklevel: int = 2) -> None:
             ConvergenceWarning,
             stacklevel=stacklevel,
         )
-
-
-@dataclass(frozen=True)
-class _PreparedScan:
-    """A scan whose null model is fitted: chunks of SNPs can now be tested in turn."""
-
-    scanner: _Scanner
-    aligned: _AlignedGenotypes
-    chunk_size: int
-
-    @property
-    def n_snps(self) -> int:
-        return len(self.aligned.snps)
-
-    def tables(
-        self, start: int = 0, progress: ProgressCallback | None = None
-    ) -> Iterator[pd.DataFrame]:
-        """One result table per chunk, for the SNPs from index ``start`` on."""
-        for first, stop, block in self.aligned.chunks(self.chunk_size, start):
-            yield self._labelled(first, stop, self.scanner.scan(block))
-            if progress is not None:
-                progress(stop, self.n_snps)
-
-    def run(self, client: Any, progress: ProgressCallback | None) -> Iterator[pd.DataFrame]:
-        """The chunks' tables, tested here or, given a Dask client, on its workers."""
-        if client is None:
-            return self.tables(progress=progress)
-        return self.distributed_tables(client, progress=progress)
-
-    def distributed_tables(
-        self, client: Any, progress: ProgressCallback | None = None
-    ) -> Iterator[pd.DataFrame]:
-        """As :meth:`tables`, with the chunks tested on the workers of a Dask client."""
-        scanner = client.scatter(self.scanner, broadcast=True)
-        in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
-        pending: list[tuple[int, int, Any]] = []
-        for first, stop, block in self.aligned.chunks(self.chunk_size):
-            pending.append((first, stop, client.submit(_scan_block, scanner, block, pure=False)))
-            while len(pending) >= in_flight:
-                yield self._collect(pending.pop(0), progress)
-        while pending:
-            yield self._collect(pending.pop(0), progress)
-
-    def _collect(
-        self, task: tuple[int, int, Any], progress: ProgressCallback | None
-    ) -> pd.DataFrame:
-        first, stop, future = task
-        table = self._labelled(first, stop, future.result())
-        if progress is not None:
-            progress(stop, self.n_snps)
-        return table
-
-    def _labelled(self, first: int, stop: int, table: pd.DataFrame) -> pd.DataFrame:
-        """A chunk's statistics indexed by SNP id, with chr and pos when known."""
-        snps = self.aligned.snps
-        known = [column for column in ("chr", "pos") if column in snps.columns]
-        table.index = snps.index[first:stop]
-        return pd.concat([snps.iloc[first:stop][known], table], axis=1)
-
-
-def _prepare_scan(
-    formula: str,
-    data: pd.DataFrame,
-    genotypes: Any,
-    kinship: Any,
-    method: ScanMethod = "exact",
-    chunk_size: int | None = None,
-    maxiter: int = 10_000,
-    tol: float = _em.DEFAULT_TOLERANCE,
-    *,
-    eval_env: int = 0,
-    chromosomes: ArrayLike | None = None,
-) -> _PreparedScan:
-    """Check the inputs, fit the null model and line up the genotypes.
-
-    ``eval_env`` counts frames from this function's caller, as in ``from_formula``.
-    """
-    check_formula_inputs(formula, data)
-    check_choice("method", method, ("exact", "fixed"))
-    maxiter = check_count("maxiter", maxiter)
-    tol = check_positive("tol", tol)
-    if chunk_size is not None:
-        chunk_size = check_count("chunk_size", chunk_size)
-    null = EMLMM.from_formula(
-        _null_formula(formula), data=data, kinship=kinship, eval_env=eval_env + 1
-    )
-    used_rows = pd.Index(null.data.row_labels)
-    if isinstance(genotypes, _AlignedGenotypes):  # a chromosome's part of a LOCO scan
-        aligned = genotypes.for_rows(data.index.get_indexer(used_rows))
-    else:
-        aligned = _align_genotypes(genotypes, data.index, used_rows, chromosomes)
-    scanner = _Scanner(null, method, maxiter, tol)
-    chunk_size = chunk_size or max(64, min(4096, 4_000_000 // max(len(used_rows), 1)))
-    return _PreparedScan(scanner, aligned, chunk_size)
 
 
 def _null_formula(formula: str) -> str:
@@ -356,135 +889,13 @@ def _null_formula(formula: str) -> str:
     return patsy.ModelDesc(description.lhs_termlist, rest).describe()
 
 
-def _align_genotypes(
-    genotypes: Any, data_index: pd.Index, used_rows: pd.Index, chromosomes: Any = None
-) -> _AlignedGenotypes:
-    """Genotypes read in the order of ``used_rows``, with chromosome labels if given."""
-    aligned = _align_genotype_rows(genotypes, data_index, used_rows)
-    if chromosomes is None:
-        return aligned
-    labels = np.asarray(chromosomes)
-    if labels.shape != (len(aligned.snps),):
-        raise ValueError(
-            f"chromosomes must give one label per SNP ({len(aligned.snps)}); got shape "
-            f"{labels.shape}"
-        )
-    return replace(aligned, snps=aligned.snps.assign(chr=labels))
-
-
-def _leave_one_chromosome_out(
-    aligned: _AlignedGenotypes, labels: pd.Index
-) -> Iterator[tuple[_AlignedGenotypes, pd.DataFrame]]:
-    """Each chromosome's SNPs with the kinship of all the other chromosomes.
-
-    One pass over all SNPs gives the kinship's sum of products and SNP count; one pass
-    over each chromosome gives its share, which is subtracted.
-    """
-    if "chr" not in aligned.snps.columns:
-        raise ValueError(
-            "loco=True needs chromosome labels: use PLINK genotypes (emlmm.read_plink) or "
-            "pass chromosomes=[...], one per SNP"
-        )
-    n_samples = len(aligned.rows)
-    chunk_size = max(64, min(4096, 4_000_000 // max(n_samples, 1)))
-    chromosome = aligned.snps["chr"].to_numpy()
-
-    def sums(part: _AlignedGenotypes) -> tuple[NDArray[np.float64], int]:
-        matrix, counts = kinship_sum(
-            n_samples, part.chunks(chunk_size), lambda j: repr(part.snps.index[j])
-        )
-        return matrix, counts.used
-
-    total, used = sums(aligned)
-    for label in pd.unique(chromosome):
-        part = aligned.columns(np.nonzero(chromosome == label)[0])
-        share, share_used = sums(part)
-        if used == share_used:
-            raise ValueError(
-                f"no SNP outside chromosome {label} passes the kinship's filters, so its "
-                "leave-one-out kinship cannot be built"
-            )
-        yield (
-            part,
-            pd.DataFrame((total - share) / (used - share_used), index=labels, columns=labels),
-        )
-
-
-def _align_genotype_rows(
-    genotypes: Any, data_index: pd.Index, used_rows: pd.Index
-) -> _AlignedGenotypes:
-    if isinstance(genotypes, pd.DataFrame):
-        positions = _positions(genotypes.index, used_rows, "genotypes")
-        non_numeric = [
-            c for c in genotypes.columns if not pd.api.types.is_numeric_dtype(genotypes[c])
-        ]
-        if non_numeric:
-            raise TypeError(
-                f"genotypes must be numeric (0/1/2, NaN for missing); column(s) "
-                f"{', '.join(map(repr, non_numeric[:5]))} are {genotypes[non_numeric[0]].dtype}"
-            )
-        values = _check_genotype_values(genotypes.to_numpy(dtype=float), genotypes.columns)
-        snps = pd.DataFrame(index=pd.Index(genotypes.columns.astype(str), name="snp"))
-        return _AlignedGenotypes(snps, lambda a, b: values[:, a:b], positions)
-    if hasattr(genotypes, "dask") and getattr(genotypes, "ndim", 0) == 2:
-        if genotypes.shape[0] != len(data_index):
-            raise ValueError(
-                f"genotypes must be individuals x SNPs with one row per row of data "
-                f"({len(data_index)}); got shape {genotypes.shape}"
-            )
-        names = pd.Index([f"snp{j + 1}" for j in range(genotypes.shape[1])], name="snp")
-        return _AlignedGenotypes(
-            pd.DataFrame(index=names),
-            lambda a, b: _check_genotype_values(
-                np.asarray(genotypes[:, a:b].compute(), dtype=float), names[a:b]
-            ),
-            data_index.get_indexer(used_rows),
-        )
-    if hasattr(genotypes, "read") and hasattr(genotypes, "sample_ids"):
-        positions = _positions(genotypes.sample_ids, used_rows, "PLINK samples")
-        snps = genotypes.snps[[c for c in ("chr", "pos") if c in genotypes.snps.columns]]
-        return _AlignedGenotypes(snps, genotypes.read, positions)
-    try:
-        values = np.asarray(genotypes, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"genotypes must be a numeric matrix, a DataFrame or PLINK genotypes from "
-            f"emlmm.read_plink, not {type(genotypes).__name__} ({exc})"
-        ) from exc
-    if values.ndim != 2 or values.shape[0] != len(data_index):
-        raise ValueError(
-            f"genotypes must be individuals x SNPs with one row per row of data "
-            f"({len(data_index)}); got shape {values.shape}"
-        )
-    names = pd.Index([f"snp{j + 1}" for j in range(values.shape[1])], name="snp")
-    values = _check_genotype_values(values, names)
-    return _AlignedGenotypes(
-        pd.DataFrame(index=names), lambda a, b: values[:, a:b], data_index.get_indexer(used_rows)
-    )
-
-
-def _check_genotype_values(values: NDArray[np.float64], names: pd.Index) -> NDArray[np.float64]:
-    """Genotypes count alleles: 0 to 2, NaN for missing."""
-    outside = (values < 0) | (values > 2) | np.isinf(values)
-    if outside.any():
-        rows, cols = np.nonzero(outside)
-        raise ValueError(
-            f"genotypes must lie between 0 and 2 (allele counts; NaN for missing): SNP "
-            f"{names[cols[0]]!r} has {values[rows[0], cols[0]]:g} in row {rows[0]}, and "
-            f"{outside.any(axis=0).sum()} SNPs have such values (is -9 or 3 used for missing?)"
-        )
-    return values
-
-
-def _positions(available: pd.Index, wanted: pd.Index, what: str) -> NDArray[np.intp]:
-    positions = pd.Index(available).get_indexer(wanted)
-    if (positions < 0).any():
-        missing = wanted[positions < 0]
-        raise ValueError(
-            f"{len(missing)} individuals in the data have no row in the {what}: "
-            f"{', '.join(map(repr, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
-        )
-    return positions
+def _progress_bar(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} SNPs")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
 
 
 class _Scanner:
@@ -499,18 +910,17 @@ class _Scanner:
     #: SNPs solved together: their ``k x n`` work arrays then stay in cache.
     BLOCK_ELEMENTS = 1 << 19
 
-    def __init__(self, null: EMLMM, method: ScanMethod, maxiter: int, tol: float) -> None:
+    def __init__(self, null: NullFit, method: ScanMethod, maxiter: int, tol: float) -> None:
         self.method, self.maxiter, self.tol = method, maxiter, tol
         # Everything below is in the units of the null model's numerics: scaled, and
         # reduced to the kinship's column space where the covariates absorb its null
         # space. Statistics are mapped back to the user's units in _statistics.
-        self.fit_data = fit_data = null._fit_data
-        self.spectrum = null.spectrum
-        self.eigenvectors = null.spectrum.eigenvectors[:, fit_data.kept]  # a view
-        self.null_data = fit_data.rotated
-        self.null_ml = null.fit()._results._estimate
+        self.fit_data = null.data
+        self.eigenvectors = null.eigenvectors
+        self.null_data = null.data.rotated
+        self.null_ml = null.ml
         self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
-        self.null_reml = null.fit(reml=True)._results._estimate
+        self.null_reml = null.reml
         self.score_test = _ScoreTest.at(self.null_data, self.null_ml)
         reml = self.null_reml
         self.null_reml_variances = _em.marginal_variances(
@@ -757,12 +1167,3 @@ class _SnpFits:
 def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:
     """One chunk's statistics (a module-level function, so Dask can ship it)."""
     return scanner.scan(block)
-
-
-def _progress_bar(done: int, total: int) -> None:
-    width = 40
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} SNPs")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()

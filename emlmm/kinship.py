@@ -19,7 +19,7 @@ within [1%, 99%] (``-maf 0.01``); ``p`` counts only these SNPs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -27,6 +27,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from emlmm._data import check_count
+from emlmm.genotypes import Genotypes
 from emlmm.io import PlinkGenotypes
 
 __all__ = ["kinship"]
@@ -55,29 +56,15 @@ class _SnpCounts:
 
 def _centered_block(
     block: NDArray[np.float64],
-    start: int,
-    snp_name: Callable[[int], str],
     method: Method,
     min_maf: float,
     max_missing: float,
     counts: _SnpCounts,
 ) -> NDArray[np.float64]:
-    """Mean-impute, filter, center (and scale) one chunk of SNPs, as GEMMA's ``PlinkKin``.
-
-    ``start`` is the position of the chunk's first SNP, for error messages.
-    """
+    """Mean-impute, filter, center (and scale) one chunk of SNPs, as GEMMA's ``PlinkKin``."""
     n = block.shape[0]
     observed = ~np.isnan(block)
     filled = np.where(observed, block, 0.0)
-    out_of_range = ((filled < 0.0) | (filled > 2.0)).any(axis=0)
-    if out_of_range.any():
-        column = int(np.argmax(out_of_range))
-        values = block[:, column]
-        bad = values[(values < 0.0) | (values > 2.0)]
-        raise ValueError(
-            f"genotypes must lie in [0, 2] (allele counts or dosages); the SNP "
-            f"{snp_name(start + column)} has {bad.size} values outside, e.g. {bad[0]:g}"
-        )
     n_observed = observed.sum(axis=0)
     allele_sum = filled.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN for entirely missing SNPs
@@ -101,64 +88,10 @@ def _centered_block(
     return centered
 
 
-def _chunks(
-    genotypes: Any, chunk_size: int
-) -> tuple[int, Callable[[int], str], Iterator[tuple[int, int, NDArray[np.float64]]]]:
-    """Sample count, a SNP's name by position, and an iterator of float64 SNP blocks."""
-    if isinstance(genotypes, PlinkGenotypes):
-        snp_ids = genotypes.snps.index
-        return (
-            genotypes.n_samples,
-            lambda j: repr(snp_ids[j]),
-            genotypes.iter_chunks(chunk_size, dtype=np.float64),
-        )
-    if isinstance(genotypes, pd.DataFrame):
-        non_numeric = [
-            column
-            for column, dtype in genotypes.dtypes.items()
-            if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
-        ]
-        if non_numeric:
-            raise TypeError(
-                f"genotypes must be numeric; column {non_numeric[0]!r} has dtype "
-                f"{genotypes.dtypes[non_numeric[0]]}"
-            )
-        frame = genotypes
-
-        def frame_blocks() -> Iterator[tuple[int, int, NDArray[np.float64]]]:
-            for start in range(0, frame.shape[1], chunk_size):
-                stop = min(start + chunk_size, frame.shape[1])
-                block = frame.iloc[:, start:stop].to_numpy(dtype=np.float64, na_value=np.nan)
-                yield start, stop, block
-
-        return frame.shape[0], lambda j: repr(frame.columns[j]), frame_blocks()
-    if isinstance(genotypes, np.ndarray):
-        if genotypes.dtype.kind not in "iuf":
-            raise TypeError(f"genotypes must be a numeric array, not of dtype {genotypes.dtype}")
-        if genotypes.ndim != 2:
-            raise ValueError(
-                "genotypes must be a 2-D array, individuals x SNPs; it has shape "
-                f"{genotypes.shape}"
-            )
-        array = genotypes
-
-        def array_blocks() -> Iterator[tuple[int, int, NDArray[np.float64]]]:
-            for start in range(0, array.shape[1], chunk_size):
-                stop = min(start + chunk_size, array.shape[1])
-                yield start, stop, np.array(array[:, start:stop], dtype=np.float64)
-
-        return array.shape[0], lambda j: f"in column {j}", array_blocks()
-    raise TypeError(
-        "genotypes must be a pandas DataFrame, a numpy array (individuals x SNPs) or "
-        f"PlinkGenotypes from read_plink, not {type(genotypes).__name__}"
-    )
-
-
 def kinship_sum(
     n_samples: int,
     blocks: Iterator[tuple[int, int, NDArray[np.float64]]],
-    snp_name: Callable[[int], str],
-    method: str = "centered",
+    method: Method = "centered",
     min_maf: float = 0.01,
     max_missing: float = 0.05,
 ) -> tuple[NDArray[np.float64], _SnpCounts]:
@@ -169,8 +102,8 @@ def kinship_sum(
     """
     counts = _SnpCounts()
     matrix = np.zeros((n_samples, n_samples))
-    for start, _stop, block in blocks:
-        centered = _centered_block(block, start, snp_name, method, min_maf, max_missing, counts)
+    for _start, _stop, block in blocks:
+        centered = _centered_block(block, method, min_maf, max_missing, counts)
         if centered.shape[1]:
             matrix += centered @ centered.T
     return matrix, counts
@@ -180,7 +113,7 @@ def kinship_sum(
 def kinship(
     genotypes: NDArray[Any],
     method: Method = ...,
-    chunk_size: int = ...,
+    chunk_size: int | None = ...,
     *,
     min_maf: float = ...,
     max_missing: float = ...,
@@ -189,7 +122,7 @@ def kinship(
 def kinship(
     genotypes: pd.DataFrame | PlinkGenotypes,
     method: Method = ...,
-    chunk_size: int = ...,
+    chunk_size: int | None = ...,
     *,
     min_maf: float = ...,
     max_missing: float = ...,
@@ -197,7 +130,7 @@ def kinship(
 def kinship(
     genotypes: pd.DataFrame | NDArray[Any] | PlinkGenotypes,
     method: Method = "centered",
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     *,
     min_maf: float = 0.01,
     max_missing: float = 0.05,
@@ -213,13 +146,15 @@ def kinship(
 
     Parameters
     ----------
-    genotypes : pandas.DataFrame, numpy.ndarray or PlinkGenotypes
+    genotypes : pandas.DataFrame, numpy.ndarray, dask array or PlinkGenotypes
         Individuals x SNPs, allele counts or dosages in [0, 2], NaN for
-        missing; or a fileset opened by :func:`emlmm.read_plink`.
+        missing; or a fileset opened by :func:`emlmm.read_plink`. Read and
+        checked as everywhere in emlmm (:class:`emlmm.genotypes.Genotypes`).
     method : {"centered", "standardized"}
         GEMMA's ``-gk 1`` or ``-gk 2``.
-    chunk_size : int
-        SNPs processed at a time.
+    chunk_size : int, optional
+        SNPs processed at a time (default:
+        :func:`emlmm.genotypes.default_chunk_size`).
     min_maf : float
         Leave out SNPs whose observed allele frequency is below ``min_maf``
         or above ``1 - min_maf`` (GEMMA's ``-maf``, default 0.01; 0 keeps
@@ -273,14 +208,17 @@ def kinship(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be 'centered' or 'standardized', not {method!r}")
-    chunk_size = check_count("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = check_count("chunk_size", chunk_size)
     if not 0.0 <= min_maf <= 0.5:
         raise ValueError(f"min_maf must be between 0 and 0.5, not {min_maf}")
     if not 0.0 <= max_missing <= 1.0:
         raise ValueError(f"max_missing must be between 0 and 1, not {max_missing}")
 
-    n_samples, snp_name, blocks = _chunks(genotypes, chunk_size)
-    matrix, counts = kinship_sum(n_samples, blocks, snp_name, method, min_maf, max_missing)
+    source = Genotypes.from_any(genotypes)
+    matrix, counts = kinship_sum(
+        source.n_samples, source.chunks(chunk_size), method, min_maf, max_missing
+    )
     if counts.used == 0:
         raise ValueError(
             f"no SNP is left to compute the kinship from: {counts.describe()} "
@@ -289,10 +227,7 @@ def kinship(
     matrix /= counts.used
     matrix = (matrix + matrix.T) / 2.0
 
-    if isinstance(genotypes, PlinkGenotypes):
-        labels = genotypes.sample_ids
-        return pd.DataFrame(matrix, index=labels, columns=labels)
-    if isinstance(genotypes, pd.DataFrame):
-        labels = genotypes.index
-        return pd.DataFrame(matrix, index=labels, columns=labels.copy())
-    return matrix
+    if source.sample_ids is None:
+        return matrix
+    labels = source.sample_ids
+    return pd.DataFrame(matrix, index=labels, columns=labels.copy())

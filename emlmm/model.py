@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 from emlmm import _em
 from emlmm._data import (
     align_kinship,
+    capture_namespace,
     check_choice,
     check_count,
     check_design,
@@ -27,7 +29,7 @@ from emlmm._data import (
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 
-__all__ = ["EMLMM"]
+__all__ = ["EMLMM", "NullFit"]
 
 FitMethod = Literal["em", "accelerated", "lab"]
 
@@ -112,6 +114,7 @@ class EMLMM(LikelihoodModel):
         kinship = check_kinship(kinship, n_rows)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
         self.kinship: NDArray[np.float64]
+        self.endog: NDArray[np.float64]
         if self.endog.ndim == 2 and self.endog.shape[1] == 1:
             self.endog = self.endog[:, 0]
         if self.endog.ndim != 1:
@@ -147,7 +150,7 @@ class EMLMM(LikelihoodModel):
         return FitData.build(self.spectrum, self.endog, self.exog, reduce=False)
 
     @classmethod
-    def from_formula(  # type: ignore[override]
+    def from_formula(
         cls,
         formula: str,
         data: pd.DataFrame,
@@ -182,14 +185,14 @@ class EMLMM(LikelihoodModel):
         if subset is not None:
             data = data.loc[subset]
         kinship = align_kinship(kinship, data.index)
-        # As in statsmodels, eval_env=0 (the default) is the caller's namespace; our
-        # frame and statsmodels' own offset sit in between.
+        # As in statsmodels, eval_env=0 (the default) is the caller's namespace. It is
+        # captured here, once, and handed down as values.
         eval_env = kwargs.pop("eval_env", None)
         if eval_env is None:
             eval_env = 0
-        kwargs["eval_env"] = (
-            eval_env + 2 if isinstance(eval_env, int) and eval_env >= 0 else eval_env
-        )
+        if isinstance(eval_env, (int, np.integer)) and eval_env >= 0:
+            eval_env = capture_namespace(int(eval_env))
+        kwargs["eval_env"] = eval_env
         return super().from_formula(
             formula, data, None, drop_cols, *args, kinship=kinship, **kwargs
         )
@@ -252,7 +255,7 @@ class EMLMM(LikelihoodModel):
             raise ValueError("EM cannot leave sigma2_a = 0; start it at a positive value")
         return data.from_user(coefficients, sigma2_a, sigma2_e)
 
-    def fit(  # type: ignore[override]
+    def fit(
         self,
         start_params: ArrayLike | str | None = None,
         method: FitMethod = "accelerated",
@@ -307,6 +310,50 @@ class EMLMM(LikelihoodModel):
         if kwargs:
             raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
         check_choice("method", method, ("accelerated", "em", "lab"))
+        trace, data = self._fit_trace(start_params, method, maxiter, tol, reml, disp)
+        results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
+        return EMLMMResultsWrapper(results)
+
+    def fit_for_scan(self, maxiter: int = 10_000, tol: float = _em.DEFAULT_TOLERANCE) -> NullFit:
+        """Fit this model as a scan's null model: the values a genome scan needs.
+
+        A scan (:class:`emlmm.GenomeScan`) tests each SNP against this model. It needs
+        the model's ML and REML estimates and the data they were computed from, not
+        the model itself; they are handed over as a frozen :class:`NullFit`.
+
+        Parameters
+        ----------
+        maxiter, tol : int, float
+            As for :meth:`fit` (accelerated EM).
+
+        Returns
+        -------
+        NullFit
+
+        Examples
+        --------
+        >>> from emlmm import EMLMM
+        >>> from emlmm.datasets import load_lab
+        >>> lab = load_lab()
+        >>> model = EMLMM.from_formula("y ~ 1", lab.phenotype.to_frame(), kinship=lab.kinship)
+        >>> null = model.fit_for_scan()
+        >>> bool(null.ml.sigma2_a == model.fit().sigma2_a / null.data.endog_scale**2)
+        True
+        """
+        ml, data = self._fit_trace(None, "accelerated", maxiter, tol, False, False)
+        reml, _ = self._fit_trace(None, "accelerated", maxiter, tol, True, False)
+        return NullFit(data, self.spectrum.eigenvectors[:, data.kept], ml.estimate, reml.estimate)
+
+    def _fit_trace(
+        self,
+        start_params: ArrayLike | str | None,
+        method: FitMethod,
+        maxiter: int,
+        tol: float | None,
+        reml: bool,
+        disp: bool,
+    ) -> tuple[_em.EMTrace, FitData]:
+        """Run EM (checking the arguments) and return its trace and the data it saw."""
         maxiter = check_count("maxiter", maxiter)
         reml = check_flag("reml", reml)
         if tol is not None:
@@ -321,7 +368,7 @@ class EMLMM(LikelihoodModel):
                 "leaves the fixed effects in the kinship's null space where they start). "
                 "Use method='em' for the maximum-likelihood fit.",
                 ModelWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if tol is None:
             tol = _em.LAB_TOLERANCE if lab else _em.DEFAULT_TOLERANCE
@@ -342,10 +389,35 @@ class EMLMM(LikelihoodModel):
                 f"EM did not converge in {maxiter} iterations (last log-likelihood "
                 f"{trace.llf_history[-1] + offset:.6f}); raise maxiter or loosen tol",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
-        return EMLMMResultsWrapper(results)
+        return trace, data
+
+
+@dataclass(frozen=True)
+class NullFit:
+    """A fitted null model, as the values a genome scan needs (from
+    :meth:`EMLMM.fit_for_scan`).
+
+    Everything is in the units of the model's numerics: scaled, rotated, and reduced
+    to the kinship's column space where the covariates absorb its null space;
+    ``data`` maps statistics back to the user's units.
+
+    Attributes
+    ----------
+    data : FitData
+        The null model's scaled, rotated data and the maps back.
+    eigenvectors : ndarray of shape (n, n - n0)
+        The kinship's eigenvectors for the directions in ``data``: a SNP's rotated
+        genotypes are ``g @ eigenvectors``.
+    ml, reml : Estimate
+        The maximum-likelihood and REML estimates.
+    """
+
+    data: FitData
+    eigenvectors: NDArray[np.float64]
+    ml: _em.Estimate
+    reml: _em.Estimate
 
 
 def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Hashable, Iterable
 from numbers import Integral, Real
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsInt, cast
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,9 @@ def qq(
 def _chromosome_label(value: object) -> str:
     """Text of a chromosome value, with integral floats (from NaN-padded columns) as ints."""
     if isinstance(value, Real) and not isinstance(value, Integral) and float(value).is_integer():
-        return str(int(value))
+        # numbers.Real does not declare __int__, but the reals a chromosome column holds
+        # (float, NumPy floating scalars) define it.
+        return str(int(cast(SupportsInt, value)))
     return str(value)
 
 

@@ -347,7 +347,7 @@ class EMLMMResults(LikelihoodModelResults):
             )
         coef, *_ = np.linalg.lstsq(full_model.exog, small_model.exog, rcond=None)
         leftover = np.linalg.norm(small_model.exog - full_model.exog @ coef)
-        if leftover > 1e-8 * max(np.linalg.norm(small_model.exog), 1.0):
+        if leftover > 1e-8 * max(float(np.linalg.norm(small_model.exog)), 1.0):
             raise ValueError(
                 "the fits are not nested: the restricted design is not in the span of "
                 "this fit's design"

@@ -182,6 +182,8 @@ def generate(out_dir: Path = DATA_DIR) -> dict[str, object]:
     chrom, pos = _snp_map(rng)
     p_anc, p_pop = _frequencies(rng)
     x = _genotypes(rng, chrom, pos, p_pop)
+    n: int
+    m: int
     n, m = x.shape
     if np.any(x.min(axis=0) == x.max(axis=0)):
         raise RuntimeError("monomorphic SNP in the sample; change the design")

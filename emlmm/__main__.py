@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 
-from emlmm import EMLMM, __version__, _em
+from emlmm import EMLMM, __version__
+from emlmm.model import LAB_START_SIGMA2_A, LAB_START_SIGMA2_E
 
 
 def run_lab(args: argparse.Namespace) -> int:
@@ -28,7 +29,7 @@ def run_lab(args: argparse.Namespace) -> int:
     print()
     print(
         f"EM fit of the null model y ~ 1 from the lab's start values (sigma2_a = "
-        f"{_em.LAB_START_SIGMA2_A:g}, sigma2_e = {_em.LAB_START_SIGMA2_E:g}, beta = 0):"
+        f"{LAB_START_SIGMA2_A:g}, sigma2_e = {LAB_START_SIGMA2_E:g}, beta = 0):"
     )
     frame = data.phenotype.to_frame()
     mixed = EMLMM.from_formula("y ~ 1", data=frame, kinship=data.kinship).fit(
@@ -249,15 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's error ends it with one line and exit status 1."""
-    from emlmm.gwas import ScanFileError
-
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
             return int(args.run(args))
-        except (ScanFileError, FileExistsError, FileNotFoundError) as exc:
-            raise SystemExit(f"emlmm: error: {exc}") from None
+        except (ValueError, OSError) as exc:  # a user's error (ScanFileError included)
+            raise SystemExit(f"emlmm: error: {_one_line(exc)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(error).split())
 
 
 def _show_warning(

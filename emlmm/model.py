@@ -29,7 +29,11 @@ from emlmm._data import (
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 
-__all__ = ["EMLMM", "NullFit"]
+__all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "NullFit"]
+
+#: The lab's start values of the variances (``fit(start_params="lab")``; beta starts at 0).
+LAB_START_SIGMA2_A = _em.LAB_START_SIGMA2_A
+LAB_START_SIGMA2_E = _em.LAB_START_SIGMA2_E
 
 FitMethod = Literal["em", "accelerated", "lab"]
 

@@ -131,7 +131,7 @@ def _dask_client(address: str | None) -> Iterator[Any]:
             "emlmm: error: --scheduler needs Dask's distributed package: pip install 'emlmm[dask]'"
         ) from None
     try:
-        client = Client(address, timeout="30s")
+        client = Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise SystemExit(
             f"emlmm: error: cannot connect to the Dask scheduler at {address}: {exc}"

@@ -35,7 +35,11 @@ MAX_CONDITION = 1e7
 
 
 def _preview(labels: Collection[Any]) -> str:
-    shown = ", ".join(repr(label) for label in list(labels)[:_SHOW_LABELS])
+    # NumPy scalars are shown as the Python values they hold (1, not np.int64(1)).
+    shown = ", ".join(
+        repr(label.item() if isinstance(label, np.generic) else label)
+        for label in list(labels)[:_SHOW_LABELS]
+    )
     more = len(labels) - _SHOW_LABELS
     return shown + (f" and {more} more" if more > 0 else "")
 

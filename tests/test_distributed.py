@@ -33,3 +33,29 @@ def test_scan_on_a_local_cluster_equals_the_in_process_scan(client):
     from_dask = gwas("y ~ 1 + snp", data, lazy, lab.kinship, chunk_size=25, client=client)
     np.testing.assert_allclose(from_dask.p_lrt, local.p_lrt, rtol=1e-8)
     assert list(from_dask.index[:2]) == ["snp1", "snp2"]
+
+
+def test_the_command_line_scans_on_a_scheduler(client, tmp_path):
+    import dense
+    from plink_fixtures import write_plink
+
+    from emlmm.__main__ import main
+
+    rng = np.random.default_rng(8)
+    n, m = 60, 25
+    genotypes = rng.binomial(2, 0.3, size=(n, m)).astype(float)
+    related = dense.random_genotype_kinship(rng, n, 120)
+    y = np.linalg.cholesky(related + 1e-9 * np.eye(n)) @ rng.normal(size=n) + rng.normal(size=n)
+    write_plink(tmp_path / "study", genotypes, phenotypes=y)
+    np.savetxt(tmp_path / "K.txt", related)
+    args = ["gwas", "--bfile", str(tmp_path / "study"), "--kinship", str(tmp_path / "K.txt"),
+            "--chunk-size", "6", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "here.tsv")]) == 0
+    address = client.scheduler.address
+    assert main([*args, "--out", str(tmp_path / "there.tsv"), "--scheduler", address]) == 0
+    here = pd.read_csv(tmp_path / "here.tsv", sep="\t", index_col="snp")
+    there = pd.read_csv(tmp_path / "there.tsv", sep="\t", index_col="snp")
+    pd.testing.assert_frame_equal(there, here, rtol=1e-5, check_exact=False)
+    with pytest.raises(SystemExit, match="cannot connect to the Dask scheduler"):
+        main([*args, "--out", str(tmp_path / "nowhere.tsv"), "--scheduler",
+              "tcp://127.0.0.1:9"])

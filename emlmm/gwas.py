@@ -271,7 +271,7 @@ class GenomeScan:
             n_rows = len(used)
         self.chunk_size = chunk_size or _default_chunk_size(n_rows)
         self._order = np.concatenate([part.positions for part in self._parts])
-        self._current: tuple[int, _Scanner] | None = None
+        self._current: tuple[int, _Scanner, Genotypes] | None = None
         self._first_null: EMLMM | None = None  # LOCO: the first chromosome's null model
         if not self.loco:
             self._scanner(0)  # fit the null model now: its errors belong to building
@@ -288,25 +288,25 @@ class GenomeScan:
             self._null_formula, data=self._data, kinship=kinship, eval_env=self._eval_env
         )
 
-    def _scanner(self, number: int) -> _Scanner:
-        """The scanner of part ``number``; LOCO keeps only the latest one."""
+    def _scanner(self, number: int) -> tuple[_Scanner, Genotypes]:
+        """Part ``number``'s scanner and genotypes (for the individuals its null model
+        analyses); LOCO keeps only the latest ones."""
         if self._current is not None and self._current[0] == number:
-            return self._current[1]
+            return self._current[1], self._current[2]
+        part = self._parts[number]
         if self.loco:
-            model = self._null_model(self._loco_kinship(self._parts[number]))
-            part = self._parts[number]
+            model = self._null_model(self._loco_kinship(part))
             used = pd.Index(model.data.row_labels)
             genotypes = part.genotypes.for_individuals(used, self._data.index)
-            self._parts[number] = replace(part, genotypes=genotypes)
             if self._first_null is None:
                 self._first_null = model
         else:
             assert self.null_model is not None
-            model = self.null_model
+            model, genotypes = self.null_model, part.genotypes
         scanner = _Scanner(model.fit_for_scan(self.maxiter, self.tol), self.method,
                            self.maxiter, self.tol)  # fmt: skip
-        self._current = (number, scanner)
-        return scanner
+        self._current = (number, scanner, genotypes)
+        return scanner, genotypes
 
     @cached_property
     def _kinship_sums(self) -> tuple[NDArray[np.float64], int]:
@@ -382,8 +382,7 @@ class GenomeScan:
         for number, part in enumerate(self._parts):
             size = len(part.positions)
             if start < offset + size:
-                scanner = self._scanner(number)
-                genotypes = self._parts[number].genotypes
+                scanner, genotypes = self._scanner(number)
                 for first, stop, block in genotypes.chunks(
                     self.chunk_size, max(start - offset, 0)
                 ):

@@ -255,3 +255,23 @@ def test_no_warning_without_duplicates(study):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gwas("y ~ 1 + snp", data, frame.iloc[:, :3], related)
+
+
+def test_a_loco_scan_restarts_anywhere_with_rows_left_out(study):
+    data, frame, _ = study
+    data = data.copy()
+    data.iloc[[3, 40], 0] = np.nan  # two individuals without a phenotype
+    chromosomes = np.repeat([1, 2, 3], 10)
+    scan = GenomeScan("y ~ 1 + snp", data, frame, None, loco=True, chromosomes=chromosomes,
+                      chunk_size=4)
+    whole = scan.run()
+    later = pd.concat(scan.tables(start=25))  # chromosome 3 only
+    again = pd.concat(scan.tables(start=0))  # back to chromosome 1
+    pd.testing.assert_frame_equal(later, whole.iloc[25:], rtol=1e-9, check_exact=False)
+    pd.testing.assert_frame_equal(again, whole, rtol=1e-9, check_exact=False)
+    assert [len(t) for t in scan.tables(start=6)] == [4, 4, 4, 2, 4, 4, 2]
+    # Each chromosome against the kinship of the others (over all 80 individuals,
+    # whose rows and columns of the 2 without a phenotype are then left out).
+    direct = gwas("y ~ 1 + snp", data.dropna(), frame.iloc[:, :10],
+                  kinship(frame[[f"rs{j}" for j in range(10, 30)]]))
+    np.testing.assert_allclose(whole.p_lrt.iloc[:10], direct.p_lrt, rtol=1e-8)

@@ -42,7 +42,7 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
 )
-from emlmm.genotypes import Genotypes, GenotypeSource
+from emlmm.genotypes import Genotypes, GenotypeSource, default_chunk_size
 from emlmm.kinship import kinship_sum
 from emlmm.model import EMLMM, NullFit
 
@@ -269,8 +269,8 @@ class GenomeScan:
             aligned = source.for_individuals(used, data.index)
             self._parts = [_Part(None, np.arange(source.n_snps), aligned)]
             n_rows = len(used)
-        self.chunk_size = chunk_size or _default_chunk_size(n_rows)
-        self._order = np.concatenate([part.positions for part in self._parts])
+        self.chunk_size = chunk_size or default_chunk_size(n_rows)
+        self._order = np.concatenate([np.zeros(0, np.intp)] + [p.positions for p in self._parts])
         self._current: tuple[int, _Scanner, Genotypes] | None = None
         self._first_null: EMLMM | None = None  # LOCO: the first chromosome's null model
         if not self.loco:
@@ -536,12 +536,6 @@ class GenomeScan:
                 UserWarning,
                 stacklevel=3,
             )
-
-
-def _default_chunk_size(n_rows: int) -> int:
-    from emlmm.genotypes import default_chunk_size
-
-    return default_chunk_size(n_rows)
 
 
 def _distributed(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,40 +62,29 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
 
 
 def run_gwas(args: argparse.Namespace) -> int:
-    """A scan from PLINK files, written as a tab-separated table."""
+    """A scan from PLINK files (GEMMA's ``-bfile`` workflow), written as a table and a log."""
     from emlmm import GenomeScan, ScanOutput, read_plink
+    from emlmm.genotypes import SnpFilter
 
+    started = time.perf_counter()
     if args.loco and args.kinship is not None:
         raise SystemExit(
             "emlmm: error: --loco builds one kinship per left-out chromosome from the "
             "genotypes; drop --kinship"
         )
-    # The output is opened (checked and locked) first, so a refused output costs nothing.
+    snp_filter = SnpFilter(args.maf, args.miss, args.hwe)  # checked before any work
+    # The output is opened (checked and locked) first, so a refused output costs nothing;
+    # then every input is read and checked before the heavy work (kinship, null model).
     with ScanOutput(args.out, overwrite=args.overwrite, resume=args.resume) as output:
-        with read_plink(args.bfile) as plink:
-            data = plink.phenotype(args.pheno_col).rename("y").to_frame()
-            terms = ["1"]
-            if args.covar is not None:
-                covariates = _read_matrix(args.covar, len(data), "covariate file")
-                names = [f"covar{j + 1}" for j in range(covariates.shape[1])]
-                data[names] = covariates
-                # GEMMA's -c convention: the file holds the whole design, intercept included.
-                terms = ["0", *names]
-                if not np.any(np.ptp(covariates, axis=0) == 0):
-                    print(
-                        "note: the covariate file has no constant column, so the model has no "
-                        "intercept (as in GEMMA, include a column of 1s for one)",
-                        file=sys.stderr,
-                    )
-            if args.loco:
-                kinship = None
-            elif args.kinship is not None:
-                kinship = _read_matrix(args.kinship, len(data), "kinship file")
-            else:
-                from emlmm import kinship as relatedness
-
-                print("computing the centered kinship from the genotypes", file=sys.stderr)
-                kinship = relatedness(plink, method="centered").to_numpy()
+        with read_plink(args.bfile) as plink, _dask_client(args.scheduler) as client:
+            data, terms, notes = _phenotype_and_covariates(args, plink)
+            analysed = data.index[data.notna().all(axis=1)]
+            if len(analysed) == 0:
+                raise ValueError(
+                    "no individual has both a phenotype and every covariate: nothing to analyse"
+                )
+            kinship = _kinship_for(args, plink, data.index, analysed)
+            timings = {"reading inputs and kinship": time.perf_counter() - started}
             scan = GenomeScan(
                 f"y ~ {' + '.join(terms)} + snp",
                 data,
@@ -102,12 +93,26 @@ def run_gwas(args: argparse.Namespace) -> int:
                 method=args.method,
                 chunk_size=args.chunk_size,
                 loco=args.loco,
+                min_maf=snp_filter.min_maf,
+                max_missing=snp_filter.max_missing,
+                hwe=snp_filter.hwe,
             )
-            with _dask_client(args.scheduler) as client:
-                summary = scan.write(output, client=client, progress=not args.quiet)
+            timings["null model"] = time.perf_counter() - started - sum(timings.values())
+            summary = scan.write(
+                output, client=client, progress=not args.quiet, format=args.format
+            )
+            timings["scan"] = time.perf_counter() - started - sum(timings.values())
+            timings["total"] = time.perf_counter() - started
+            log = scan.report(notes=notes, timings=timings, command=sys.argv)
+            output.write_log(log)
+    counts = summary.snp_counts
     if summary.resumed_from:
         print(f"resumed after {summary.resumed_from} SNPs already in {args.out}", file=sys.stderr)
-    print(f"wrote {summary.n_snps} SNPs to {args.out}", file=sys.stderr)
+    print(
+        f"wrote {counts['analysed']} of {counts['total']} SNPs to {args.out} (log: "
+        f"{output.log_path})",
+        file=sys.stderr,
+    )
     if summary.failed:
         print(
             f"error: {summary.failed} SNPs failed and have NaN statistics (see the note column "
@@ -116,6 +121,79 @@ def run_gwas(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _phenotype_and_covariates(
+    args: argparse.Namespace, plink: Any
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The phenotype (``y``) and covariates as columns of one frame indexed by sample
+    id, the formula's covariate terms, and notes for the log."""
+    from emlmm.io import read_covariates, read_phenotypes
+
+    notes: list[str] = []
+    if args.pheno is None:
+        phenotype = plink.phenotype(args.pheno_col)
+        notes.append(f"phenotype: column {args.pheno_col} of {plink.fam_path}")
+    else:
+        phenotypes = read_phenotypes(args.pheno, plink.sample_ids)
+        if not 1 <= args.pheno_col <= phenotypes.shape[1]:
+            raise ValueError(
+                f"phenotype column {args.pheno_col} does not exist: {args.pheno} holds "
+                f"{phenotypes.shape[1]} phenotype(s) ({', '.join(map(str, phenotypes.columns))})"
+            )
+        phenotype = phenotypes.iloc[:, args.pheno_col - 1]
+        notes.append(f"phenotype: {phenotype.name!r}, column {args.pheno_col} of {args.pheno}")
+    data = pd.DataFrame({"y": phenotype.to_numpy(dtype=float)}, index=plink.sample_ids)
+    if args.covar is None:
+        return data, ["1"], notes
+    covariates = read_covariates(args.covar, plink.sample_ids)
+    names = [f"c{j + 1}" for j in range(covariates.shape[1])]
+    data[names] = covariates.to_numpy(dtype=float)
+    constant = [name for name in names if data[name].nunique() == 1]
+    notes.append(f"covariates: {', '.join(map(str, covariates.columns))} from {args.covar}")
+    if constant:
+        # GEMMA's -c convention: the file holds the whole design, intercept included.
+        return data, ["0", *names], notes
+    print(
+        "note: the covariate file has no constant column, so an intercept is added "
+        "(as GEMMA does)",
+        file=sys.stderr,
+    )
+    notes.append("covariates: no constant column, so an intercept was added (as GEMMA does)")
+    return data, ["1", *names], notes
+
+
+def _kinship_for(
+    args: argparse.Namespace, plink: Any, samples: pd.Index, analysed: pd.Index
+) -> Any:
+    """The kinship: none for LOCO, read from a file, or GEMMA's centered kinship."""
+    if args.loco:
+        return None
+    if args.kinship is not None:
+        return _read_kinship(args.kinship, samples)
+    from emlmm import kinship as relatedness
+
+    print("computing the centered kinship from the genotypes", file=sys.stderr)
+    # As GEMMA's -gk 1: its SNPs are chosen on the individuals analysed.
+    return relatedness(plink, method="centered", filter_individuals=analysed)
+
+
+def _read_kinship(path: str, samples: pd.Index) -> Any:
+    """A kinship file: GCTA's binary GRM (``PREFIX.grm.bin``, matched by id) or a text
+    matrix in .fam order (GEMMA's ``-k``)."""
+    from emlmm.io import read_grm
+
+    if (
+        path.endswith((".grm.bin", ".grm.id", ".grm.N.bin", ".grm"))
+        or Path(f"{path}.grm.bin").exists()
+    ):
+        return read_grm(path)
+    matrix = _read_matrix(path, len(samples), "kinship file")
+    if matrix.shape[1] != matrix.shape[0]:
+        raise ValueError(
+            f"kinship must be a square matrix: the kinship file {path} has shape {matrix.shape}"
+        )
+    return pd.DataFrame(matrix, index=samples, columns=samples)
 
 
 @contextmanager
@@ -141,14 +219,42 @@ def _dask_client(address: str | None) -> Iterator[Any]:
 
 
 def run_kinship(args: argparse.Namespace) -> int:
-    """A relatedness matrix from PLINK files, written as a text matrix."""
-    from emlmm.io import read_plink
+    """A relatedness matrix from PLINK files (GEMMA's ``-gk``), as text or GCTA's GRM."""
+    from emlmm.io import read_plink, write_grm
     from emlmm.kinship import kinship
 
+    out = Path(args.out)
+    targets = (
+        [Path(f"{args.out}{suffix}") for suffix in (".grm.bin", ".grm.N.bin", ".grm.id")]
+        if args.format == "grm"
+        else [out]
+    )
+    for target in targets:
+        if target.is_symlink():
+            raise ValueError(f"{target} is a symbolic link; emlmm does not write through links")
+        if target.exists() and not args.overwrite:
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     with read_plink(args.bfile) as plink:
-        matrix = kinship(plink, method=args.method)
-    np.savetxt(args.out, matrix.to_numpy(), fmt="%.10g", delimiter="\t")
-    print(f"wrote a {matrix.shape[0]} x {matrix.shape[1]} kinship to {args.out}", file=sys.stderr)
+        analysed = None
+        if args.pheno_col is not None or args.pheno is not None:
+            column = args.pheno_col or 1
+            if args.pheno is None:
+                phenotype = plink.phenotype(column)
+            else:
+                from emlmm.io import read_phenotypes
+
+                phenotype = read_phenotypes(args.pheno, plink.sample_ids).iloc[:, column - 1]
+            analysed = phenotype.index[phenotype.notna()]
+        matrix = kinship(plink, method=args.method, filter_individuals=analysed)
+    if args.format == "grm":
+        write_grm(args.out, matrix, overwrite=args.overwrite)
+    else:
+        np.savetxt(out, matrix.to_numpy(), fmt="%.10g", delimiter="\t")
+    print(
+        f"wrote a {matrix.shape[0]} x {matrix.shape[1]} kinship to "
+        f"{args.out + '.grm.bin' if args.format == 'grm' else args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -159,10 +265,10 @@ def _read_matrix(path: str, n_rows: int, what: str) -> np.ndarray:
     try:
         matrix = read_text_matrix(path)
     except ValueError as exc:
-        raise SystemExit(f"emlmm: cannot read the {what} {path}: {exc}") from exc
+        raise ValueError(f"cannot read the {what} {path}: {exc}") from exc
     if matrix.shape[0] != n_rows:
-        raise SystemExit(
-            f"emlmm: the {what} {path} has {matrix.shape[0]} rows but the .fam file has "
+        raise ValueError(
+            f"the {what} {path} has {matrix.shape[0]} rows but the .fam file has "
             f"{n_rows} individuals"
         )
     return matrix
@@ -189,23 +295,66 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("gwas", help="scan the SNPs of PLINK files for association")
     scan.add_argument("--bfile", required=True, help="PLINK prefix (.bed/.bim/.fam)")
     scan.add_argument(
+        "--pheno",
+        metavar="FILE",
+        help="phenotypes: GEMMA's -p (one column per phenotype, rows in .fam order, NA or -9 "
+        "missing) or PLINK's (a header 'FID IID name ...', rows matched by id); default: the "
+        ".fam's",
+    )
+    scan.add_argument(
         "--pheno-col",
         type=int,
         default=1,
-        help="phenotype column, 1 = the .fam's 6th (GEMMA's -n)",
+        metavar="N",
+        help="which phenotype, as GEMMA's -n: the Nth of --pheno, or of the .fam (column 5 + N)",
     )
     scan.add_argument(
         "--covar",
-        help="covariates: whitespace text, one row per .fam individual, the whole design "
-        "(include a column of 1s for an intercept, as GEMMA's -c)",
+        metavar="FILE",
+        help="covariates: GEMMA's -c (rows in .fam order, the whole design; a column of 1s "
+        "is the intercept, added if absent) or PLINK's (a header 'FID IID name ...', matched by "
+        "id); an intercept is added when no column is constant",
     )
     scan.add_argument(
-        "--kinship", help="n x n text matrix in .fam order (default: centered, from the genotypes)"
+        "--kinship",
+        metavar="FILE",
+        help="the kinship: an n x n text matrix in .fam order (GEMMA's -k) or GCTA's binary "
+        "GRM (PREFIX.grm.bin, matched by id); default: GEMMA's centered kinship (-gk 1) from "
+        "the genotypes, its SNPs chosen on the individuals analysed",
+    )
+    scan.add_argument(
+        "--maf",
+        type=float,
+        default=0.01,
+        help="leave out SNPs whose allele frequency is below MAF or above 1 - MAF (GEMMA's "
+        "-maf; default 0.01, 0 keeps all)",
+    )
+    scan.add_argument(
+        "--miss",
+        type=float,
+        default=0.05,
+        help="leave out SNPs with a larger fraction of missing genotypes (GEMMA's -miss; "
+        "default 0.05, 1 keeps all)",
+    )
+    scan.add_argument(
+        "--hwe",
+        type=float,
+        default=None,
+        help="leave out SNPs with a Hardy-Weinberg exact test p-value below HWE (GEMMA's -hwe; "
+        "default: no test)",
+    )
+    scan.add_argument(
+        "--format",
+        choices=["emlmm", "gemma"],
+        default="emlmm",
+        help="output columns: emlmm's, or GEMMA's -lmm 4 assoc.txt (read unchanged by GEMMA "
+        "tools)",
     )
     scan.add_argument(
         "--out",
         required=True,
-        help="output table (tab-separated); its scan's identity goes to OUT.scan.json",
+        help="output table (tab-separated); the scan's identity goes to OUT.scan.json and its "
+        "log to OUT.log",
     )
     scan.add_argument("--method", choices=["exact", "fixed"], default="exact")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -237,7 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     relate = commands.add_parser("kinship", help="compute a kinship matrix from PLINK files")
     relate.add_argument("--bfile", required=True, help="PLINK prefix (.bed/.bim/.fam)")
-    relate.add_argument("--out", required=True, help="output text matrix")
+    relate.add_argument(
+        "--out",
+        required=True,
+        help="output: a text matrix in .fam order (GEMMA's cXX.txt), or with --format grm "
+        "GCTA's binary GRM OUT.grm.bin, OUT.grm.N.bin, OUT.grm.id",
+    )
+    relate.add_argument(
+        "--pheno", metavar="FILE", help="phenotype file, as for gwas (to choose the SNPs)"
+    )
+    relate.add_argument(
+        "--pheno-col",
+        type=int,
+        default=None,
+        metavar="N",
+        help="choose the SNPs on the individuals with phenotype N, as GEMMA's -gk with -n "
+        "(default: on all individuals)",
+    )
+    relate.add_argument("--format", choices=["text", "grm"], default="text", help="output format")
+    relate.add_argument("--overwrite", action="store_true", help="replace existing output")
     relate.add_argument(
         "--method",
         choices=["centered", "standardized"],

@@ -23,14 +23,26 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import gammaln
 
 from emlmm._data import _preview, check_count
 
-__all__ = ["GenotypeSource", "Genotypes", "default_chunk_size"]
+__all__ = [
+    "FILTER_REASONS",
+    "GenotypeSource",
+    "Genotypes",
+    "SnpFilter",
+    "default_chunk_size",
+    "hwe_exact_pvalues",
+]
 
 Array = NDArray[np.float64]
 #: Reads the genotypes of SNPs ``start`` to ``stop - 1``, for every individual.
 ColumnReader = Callable[[int, int], ArrayLike]
+
+#: What a SNP table may say of each SNP besides its id: chromosome, position and the
+#: alleles (``allele1``, the one counted, and ``allele0``, as in GEMMA's output).
+SNP_COLUMNS = ("chr", "pos", "allele1", "allele0")
 
 #: Elements of a chunk (individuals x SNPs) the default chunk size aims at: 32 MB of
 #: float64, whatever the number of individuals.
@@ -54,17 +66,26 @@ class GenotypeSource(Protocol):
     """What genotypes can be read from besides in-memory matrices.
 
     :class:`emlmm.io.PlinkGenotypes` is one: sample ids, a table of SNPs indexed by
-    SNP id (with ``chr`` and ``pos`` columns when known), and ``read(start, stop)``
-    returning the individuals x SNPs block of SNPs ``start`` to ``stop - 1``.
+    SNP id (with ``chr``, ``pos``, ``a1`` and ``a2`` columns when known), and
+    ``read(start, stop)`` returning the individuals x SNPs block of SNPs ``start`` to
+    ``stop - 1``.
     """
 
     @property
-    def sample_ids(self) -> pd.Index: ...
+    def sample_ids(self) -> pd.Index:
+        """The individuals' ids, one per row of a block."""
+        ...
 
     @property
-    def snps(self) -> pd.DataFrame: ...
+    def snps(self) -> pd.DataFrame:
+        """One row per SNP, indexed by SNP id; ``chr``, ``pos``, ``a1`` (the allele
+        counted) and ``a2`` are used when present."""
+        ...
 
-    def read(self, start: int = 0, stop: int | None = None) -> Any: ...
+    def read(self, start: int = 0, stop: int | None = None) -> Any:
+        """The genotypes of SNPs ``start`` to ``stop - 1``: individuals x SNPs, allele
+        counts in [0, 2], NaN for missing."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +99,8 @@ class Genotypes:
     ----------
     snps : pandas.DataFrame
         One row per SNP, in input order, indexed by SNP id (named ``"snp"``; ids may
-        repeat), with ``chr`` and ``pos`` when known.
+        repeat), with ``chr``, ``pos``, ``allele1`` (the allele counted) and
+        ``allele0`` when known.
     sample_ids : pandas.Index or None
         The individuals' labels; ``None`` for an array, whose rows follow the data's.
     n_samples : int
@@ -137,8 +159,8 @@ class Genotypes:
         elif isinstance(genotypes, np.ndarray) or _is_dask_array(genotypes):
             result = cls._from_array(genotypes)
         elif isinstance(genotypes, GenotypeSource):
-            snps = genotypes.snps
-            known = [column for column in ("chr", "pos") if column in snps.columns]
+            snps = genotypes.snps.rename(columns={"a1": "allele1", "a2": "allele0"})
+            known = [column for column in SNP_COLUMNS if column in snps.columns]
             result = cls(
                 snps[known],
                 pd.Index(genotypes.sample_ids),
@@ -338,3 +360,116 @@ def _positions(available: pd.Index, wanted: pd.Index) -> NDArray[np.intp]:
             f"{_preview(list(missing))}"
         )
     return np.asarray(positions, dtype=np.intp)
+
+
+# ------------------------------------------------------------------ SNP filters
+
+#: Why a SNP is left out of a scan, in the order GEMMA checks (``ReadFile_bed``).
+FILTER_REASONS = ("missing", "maf", "monomorphic", "hwe")
+
+
+@dataclass(frozen=True)
+class SnpFilter:
+    """GEMMA's SNP filters, on the genotypes of the individuals analysed.
+
+    A SNP is left out when, in this order (GEMMA's ``ReadFile_bed``), its fraction of
+    missing genotypes exceeds ``max_missing`` (GEMMA's ``-miss``); the frequency of
+    its counted allele (``af``) is below ``min_maf`` or above ``1 - min_maf``
+    (``-maf``); it is monomorphic (one genotype value; GEMMA also drops a SNP whose
+    every call is heterozygous); or, with ``hwe``, its exact Hardy-Weinberg test
+    (Wigginton et al. 2005, GEMMA's ``CalcHWE``, on genotypes rounded to 0/1/2) has a
+    p-value below ``hwe`` (``-hwe``). ``min_maf=0`` and ``max_missing=1`` keep every
+    SNP, monomorphic ones included.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emlmm.genotypes import SnpFilter
+    >>> block = np.array([[0, 1, 1, 0], [1, 1, np.nan, 0], [2, 1, 0, 0], [1, 1, 1, 0]])
+    >>> SnpFilter().reasons(block).tolist()
+    ['', 'monomorphic', 'missing', 'maf']
+    >>> SnpFilter(min_maf=0, max_missing=1).reasons(block).tolist()
+    ['', '', '', '']
+    """
+
+    min_maf: float = 0.01
+    max_missing: float = 0.05
+    hwe: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_maf <= 0.5:
+            raise ValueError(f"min_maf must be between 0 and 0.5, not {self.min_maf}")
+        if not 0.0 <= self.max_missing <= 1.0:
+            raise ValueError(f"max_missing must be between 0 and 1, not {self.max_missing}")
+        if self.hwe is not None and not 0.0 < self.hwe <= 1.0:
+            raise ValueError(f"hwe must be a p-value threshold in (0, 1], not {self.hwe}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any SNP can be left out."""
+        return self.min_maf > 0 or self.max_missing < 1 or self.hwe is not None
+
+    def reasons(self, block: Array) -> NDArray[np.str_]:
+        """Why each SNP (column of ``block``) is left out; ``""`` for those kept."""
+        n = block.shape[0]
+        observed = ~np.isnan(block)
+        n_observed = observed.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            af = np.where(observed, block, 0.0).sum(axis=0) / (2.0 * n_observed)
+            spread = np.nanmax(block, axis=0, initial=-np.inf) - np.nanmin(
+                block, axis=0, initial=np.inf
+            )
+        missing = (n - n_observed) > self.max_missing * n
+        rare = (af < self.min_maf) | (af > 1.0 - self.min_maf)
+        monomorphic = (spread <= 0) & (self.min_maf > 0)
+        poor_hwe = np.zeros(block.shape[1], dtype=bool)
+        if self.hwe is not None:
+            calls = np.rint(block)
+            counts = [(calls == value).sum(axis=0) for value in (0.0, 1.0, 2.0)]
+            poor_hwe = hwe_exact_pvalues(counts[0], counts[1], counts[2]) < self.hwe
+        return np.select([missing, rare, monomorphic, poor_hwe], list(FILTER_REASONS), "").astype(
+            np.str_
+        )
+
+
+def hwe_exact_pvalues(
+    n_hom1: ArrayLike, n_het: ArrayLike, n_hom2: ArrayLike
+) -> NDArray[np.float64]:
+    """Exact Hardy-Weinberg test p-values (Wigginton, Cutler and Abecasis 2005).
+
+    The p-value sums the probabilities, given the allele counts, of every number of
+    heterozygotes no more probable than the one observed, as GEMMA's ``CalcHWE`` and
+    PLINK's ``--hardy`` do. Probabilities are computed from log-factorials.
+
+    Examples
+    --------
+    >>> from emlmm.genotypes import hwe_exact_pvalues
+    >>> hwe_exact_pvalues([25, 50, 0], [50, 0, 0], [25, 50, 0]).round(6).tolist()
+    [1.0, 0.0, 1.0]
+    """
+    hom1, het, hom2 = (
+        np.atleast_1d(np.asarray(v, dtype=np.int64)) for v in (n_hom1, n_het, n_hom2)
+    )
+    pvalues = np.ones(hom1.shape, dtype=np.float64)
+    for index in np.ndindex(hom1.shape):
+        pvalues[index] = _hwe_exact(int(hom1[index]), int(het[index]), int(hom2[index]))
+    return pvalues
+
+
+def _hwe_exact(hom1: int, het: int, hom2: int) -> float:
+    n = hom1 + het + hom2
+    if n == 0:
+        return 1.0
+    rare = 2 * min(hom1, hom2) + het
+    hets = np.arange(rare % 2, rare + 1, 2, dtype=np.float64)
+    rare_homs = (rare - hets) / 2.0
+    common_homs = n - hets - rare_homs
+    log_p = hets * np.log(2.0) - (
+        gammaln(hets + 1) + gammaln(rare_homs + 1) + gammaln(common_homs + 1)
+    )
+    log_p -= log_p.max()
+    probabilities = np.exp(log_p)
+    probabilities /= probabilities.sum()
+    observed = probabilities[int(np.searchsorted(hets, het))]
+    # Ties within rounding count as "no more probable" (PLINK's tolerance).
+    return float(min(1.0, probabilities[probabilities <= observed * (1 + 1e-7)].sum()))

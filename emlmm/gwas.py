@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import sys
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -42,13 +43,21 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
 )
-from emlmm.genotypes import Genotypes, GenotypeSource, default_chunk_size
+from emlmm.genotypes import (
+    FILTER_REASONS,
+    SNP_COLUMNS,
+    Genotypes,
+    GenotypeSource,
+    SnpFilter,
+    default_chunk_size,
+)
 from emlmm.kinship import kinship_sum
 from emlmm.model import EMLMM, NullFit
 
 __all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]
 
 ScanMethod = Literal["exact", "fixed"]
+TableFormat = Literal["emlmm", "gemma"]
 ProgressCallback = Callable[[int, int], None]
 #: Errors that mean a SNP's fit broke down numerically: the SNP gets a note and the
 #: scan goes on. Anything else (a bug, bad input) propagates.
@@ -59,6 +68,11 @@ COLUMNS = [
     "af", "n_miss", "beta", "se", "p_wald", "lrt", "p_lrt", "p_score",
     "llf", "sigma2_a", "sigma2_e", "n_iter", "converged", "note",
 ]  # fmt: skip
+#: GEMMA's ``-lmm 4`` output columns (``assoc.txt``).
+GEMMA_COLUMNS = (
+    "chr", "rs", "ps", "n_miss", "allele1", "allele0", "af", "beta", "se", "logl_H1",
+    "l_remle", "l_mle", "p_wald", "p_lrt", "p_score",
+)  # fmt: skip
 #: How numbers are written to a scan's file (and so what its identity records).
 FLOAT_FORMAT = "%.6g"
 #: Version of the identity record written beside a scan's table.
@@ -66,13 +80,14 @@ IDENTITY_FORMAT = 1
 
 
 class ScanFileError(ValueError):
-    """A scan's output file cannot be used: it is locked by another scan, a link, or
-    (to resume) not an earlier, partial run of the same scan."""
+    """A scan's output file cannot be used: it is locked by another scan, a symbolic
+    link, not a regular file, or (to resume) not an earlier, partial run of the same
+    scan."""
 
 
 @dataclass(frozen=True)
 class ScanSummary:
-    """What :meth:`GenomeScan.write` did.
+    """What :meth:`emlmm.GenomeScan.write` did.
 
     Attributes
     ----------
@@ -85,6 +100,10 @@ class ScanSummary:
     failed, unconverged : int
         SNPs written by this run whose fit failed (NaN statistics, see ``note``) or
         did not converge.
+    snp_counts : dict
+        SNPs in the input (``total``), tested (``analysed``), and left out by each
+        filter (``missing``, ``maf``, ``monomorphic``, ``hwe``), as
+        ``GenomeScan.snp_counts``.
     """
 
     path: Path
@@ -92,6 +111,36 @@ class ScanSummary:
     resumed_from: int
     failed: int
     unconverged: int
+    snp_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk of SNPs: scan-order positions, why SNPs are left out ("" if kept), and
+    the genotypes of those kept, for the scanner of their null model."""
+
+    first: int
+    stop: int
+    reasons: NDArray[np.str_]
+    scanner: _Scanner | None
+    block: NDArray[np.float64]
+
+
+class _SnpCounts:
+    """SNPs seen by a pass over a scan: kept input positions and filter counts."""
+
+    def __init__(self) -> None:
+        self.positions: list[NDArray[np.intp]] = []
+        self.filtered = dict.fromkeys(FILTER_REASONS, 0)
+
+    def add(self, reasons: NDArray[np.str_], positions: NDArray[np.intp]) -> None:
+        self.positions.append(positions[reasons == ""])
+        for reason in FILTER_REASONS:
+            self.filtered[reason] += int(np.count_nonzero(reasons == reason))
+
+    def as_dict(self, total: int) -> dict[str, int]:
+        analysed = sum(len(p) for p in self.positions)
+        return {"total": total, "analysed": analysed, **self.filtered}
 
 
 @dataclass(frozen=True)
@@ -124,7 +173,7 @@ class GenomeScan:
     data : pandas.DataFrame
         Phenotype and covariates, one row per individual. Rows with missing values
         are left out (with their rows and columns of the kinship).
-    genotypes : DataFrame, ndarray, dask array or PlinkGenotypes
+    genotypes : DataFrame, ndarray, dask array, PlinkGenotypes or Genotypes
         Individuals x SNPs, allele counts or dosages in [0, 2], NaN for missing
         (imputed by the SNP's mean). A DataFrame (by index) and PLINK genotypes from
         :func:`emlmm.read_plink` (by sample id) are matched to ``data``'s index; an
@@ -156,6 +205,14 @@ class GenomeScan:
     chromosomes : array_like, optional
         One chromosome label per SNP, for genotypes without them (reported as the
         ``chr`` column).
+    min_maf, max_missing, hwe : float
+        GEMMA's SNP filters (``-maf``, ``-miss``, ``-hwe``), computed on the
+        individuals analysed (:class:`emlmm.genotypes.SnpFilter`): SNPs with an
+        allele frequency below ``min_maf`` (or above ``1 - min_maf``), or a larger
+        fraction of missing genotypes than ``max_missing``, or monomorphic, or with a
+        Hardy-Weinberg p-value below ``hwe`` (default: no HWE filter) are left out of
+        the tables and counted in ``snp_counts``. ``min_maf=0, max_missing=1``
+        tests every SNP.
     eval_env : int or dict
         The namespace the formula's names are looked up in besides ``data``: 0 (the
         default) is the caller's, 1 its caller's, and so on; or the names themselves,
@@ -172,6 +229,21 @@ class GenomeScan:
         SNPs per chunk.
     null_model : EMLMM or None
         The null model (``None`` with ``loco=True``: there is one per chromosome).
+    snp_filter : SnpFilter
+        The SNP filters.
+    individuals : dict
+        Individuals in ``data`` (``total``), analysed, and dropped for a missing
+        phenotype or covariate.
+    null_estimates : dict of DataFrame
+        The null model's REML and ML estimates (rows), as GEMMA reports them:
+        ``sigma2_a``, ``sigma2_e``, ``lambda`` (their ratio), ``pve`` (``h2``) and
+        ``se_pve``, the log-likelihood, and each covariate's coefficient and
+        standard error; keyed ``"all"``, or ``"chromosome c"`` for each LOCO null
+        model fitted so far.
+    snp_counts : dict or None
+        After a complete :meth:`run` or :meth:`write`: SNPs in the input
+        (``total``), tested (``analysed``), and left out by each filter
+        (``missing``, ``maf``, ``monomorphic``, ``hwe``).
 
     See Also
     --------
@@ -222,6 +294,9 @@ class GenomeScan:
         tol: float = _em.DEFAULT_TOLERANCE,
         loco: bool = False,
         chromosomes: ArrayLike | None = None,
+        min_maf: float = 0.01,
+        max_missing: float = 0.05,
+        hwe: float | None = None,
         eval_env: int | dict[str, Any] | patsy.EvalEnvironment = 0,
     ) -> None:
         check_formula_inputs(formula, data)
@@ -231,6 +306,8 @@ class GenomeScan:
         self.maxiter = check_count("maxiter", maxiter)
         self.tol = check_positive("tol", tol)
         self.loco = check_flag("loco", loco)
+        self.snp_filter = SnpFilter(min_maf, max_missing, hwe)
+        self.snp_counts: dict[str, int] | None = None
         if chunk_size is not None:
             chunk_size = check_count("chunk_size", chunk_size)
         if isinstance(eval_env, (int, np.integer)) and not isinstance(eval_env, bool):
@@ -272,9 +349,68 @@ class GenomeScan:
         self.chunk_size = chunk_size or default_chunk_size(n_rows)
         self._order = np.concatenate([np.zeros(0, np.intp)] + [p.positions for p in self._parts])
         self._current: tuple[int, _Scanner, Genotypes] | None = None
+        self.null_estimates: dict[str, pd.DataFrame] = {}
         self._first_null: EMLMM | None = None  # LOCO: the first chromosome's null model
         if not self.loco:
             self._scanner(0)  # fit the null model now: its errors belong to building
+
+    @property
+    def individuals(self) -> dict[str, int]:
+        """Individuals in ``data``, analysed (complete phenotype and covariates), and
+        dropped."""
+        model = self.null_model or self._first_null
+        if model is None:
+            self._scanner(0)
+            model = self._first_null
+        assert model is not None
+        analysed = int(model.nobs)
+        return {"total": len(self._data), "analysed": analysed,
+                "dropped": len(self._data) - analysed}  # fmt: skip
+
+    def report(
+        self,
+        *,
+        notes: Sequence[str] = (),
+        timings: dict[str, float] | None = None,
+        command: Sequence[str] | None = None,
+    ) -> str:
+        """A run log, as GEMMA's ``log.txt``: what was analysed and the null model.
+
+        Individuals (total, analysed, dropped), SNPs (total, analysed, left out by
+        each filter; after a complete :meth:`run` or :meth:`write`), the null model's
+        REML and ML estimates, and ``notes``, ``timings`` (seconds) and ``command``
+        when given. ``emlmm gwas`` writes it beside its table (``OUT.log``).
+        """
+        from emlmm import __version__
+
+        lines = [f"## emlmm {__version__} genome scan"]
+        if command is not None:
+            lines.append(f"## command: {' '.join(command)}")
+        lines += [f"## formula: {self.formula}", f"## method: {self.method}"]
+        lines += [f"## {note}" for note in notes]
+        people = self.individuals
+        lines.append(
+            f"## individuals: {people['total']} in total, {people['analysed']} analysed, "
+            f"{people['dropped']} dropped (a missing phenotype or covariate)"
+        )
+        f = self.snp_filter
+        lines.append(
+            f"## SNP filters: min_maf = {f.min_maf:g}, max_missing = {f.max_missing:g}, "
+            f"hwe = {'none' if f.hwe is None else f'{f.hwe:g}'}"
+        )
+        if self.snp_counts is not None:
+            c = self.snp_counts
+            lines.append(
+                f"## SNPs: {c['total']} in total, {c['analysed']} analysed; left out: "
+                + ", ".join(f"{c[reason]} {reason}" for reason in FILTER_REASONS)
+            )
+        for label, estimates in self.null_estimates.items():
+            lines.append(f"## null model ({label}):")
+            table = estimates.to_string(float_format=lambda v: f"{v:.6g}")
+            lines += [f"##   {line}" for line in table.splitlines()]
+        if timings:
+            lines.append("## time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+        return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------- null models
 
@@ -305,8 +441,23 @@ class GenomeScan:
             model, genotypes = self.null_model, part.genotypes
         scanner = _Scanner(model.fit_for_scan(self.maxiter, self.tol), self.method,
                            self.maxiter, self.tol)  # fmt: skip
+        label = "all" if part.label is None else f"chromosome {part.label}"
+        if label not in self.null_estimates:
+            self.null_estimates[label] = _null_estimates(model, self.maxiter, self.tol)
         self._current = (number, scanner, genotypes)
         return scanner, genotypes
+
+    def _analysed_genotypes(self, number: int) -> Genotypes:
+        """Part ``number``'s genotypes for the individuals analysed (the same for every
+        LOCO null model: only the kinship changes), without fitting its null model."""
+        part = self._parts[number]
+        if not self.loco:
+            return part.genotypes
+        if self._first_null is None:
+            self._scanner(0)
+        assert self._first_null is not None
+        used = pd.Index(self._first_null.data.row_labels)
+        return part.genotypes.for_individuals(used, self._data.index)
 
     @cached_property
     def _kinship_sums(self) -> tuple[NDArray[np.float64], int]:
@@ -342,13 +493,19 @@ class GenomeScan:
         *,
         client: Any = None,
         progress: bool | ProgressCallback = False,
+        format: TableFormat = "emlmm",
     ) -> Iterator[pd.DataFrame]:
         """Each chunk's result table, for the SNPs from position ``start`` on.
+
+        SNPs the filters leave out have no row (their chunks may be short or empty).
 
         Parameters
         ----------
         start : int
-            The first SNP to test (0-based; chunks are counted from there).
+            The first SNP to test (0-based; chunks are counted from there). Positions
+            count in input order, except for a LOCO scan of genotypes whose
+            chromosomes are interleaved, whose SNPs come chromosome by chromosome
+            (:attr:`in_input_order`).
         client : dask.distributed.Client, optional
             Test the chunks on the workers of a Dask cluster. The null model and
             eigendecomposition are sent to each worker once; chunks are read here
@@ -357,61 +514,99 @@ class GenomeScan:
         progress : bool or callable
             ``True`` draws a progress bar on standard error; a callable is called as
             ``progress(done, total)`` after each chunk.
+        format : {"emlmm", "gemma"}
+            emlmm's columns (as :func:`gwas` returns them), or GEMMA's ``-lmm 4``
+            ``assoc.txt`` columns and number formats (``chr rs ps n_miss allele1
+            allele0 af beta se logl_H1 l_remle l_mle p_wald p_lrt p_score``, as
+            text), which GEMMA's tools read unchanged.
 
         Yields
         ------
         pandas.DataFrame
             A chunk's rows, as described in :func:`gwas`.
         """
+        yield from self._tables(start, client, progress, format, None)
+
+    def _tables(
+        self,
+        start: int,
+        client: Any,
+        progress: bool | ProgressCallback,
+        format: TableFormat,
+        counts: _SnpCounts | None,
+    ) -> Iterator[pd.DataFrame]:
         start = check_count("start", start, 0)
-        report = _progress_bar if progress is True else (progress or None)
+        check_choice("format", format, ("emlmm", "gemma"))
+        report = _Progress(self.n_snps) if progress is True else (progress or None)
         chunks = self._chunks(start)
         results = (
-            ((first, stop, scanner.scan(block)) for scanner, first, stop, block in chunks)
+            ((chunk, _scan_chunk(chunk)) for chunk in chunks)
             if client is None
             else _distributed(client, chunks)
         )
-        for first, stop, table in results:
-            yield self._labelled(first, stop, table)
+        for chunk, table in results:
+            if counts is not None:
+                counts.add(chunk.reasons, self._order[chunk.first : chunk.stop])
+            yield self._labelled(chunk, table, format)
             if report is not None:
-                report(stop, self.n_snps)
+                report(chunk.stop, self.n_snps)
 
-    def _chunks(self, start: int) -> Iterator[tuple[_Scanner, int, int, NDArray[np.float64]]]:
-        """``(scanner, first, stop, block)`` per chunk; positions count in scan order."""
+    def _chunks(self, start: int, scan: bool = True) -> Iterator[_Chunk]:
+        """The chunks from scan-order position ``start`` on, filtered (``scan=False``:
+        without building the scanners, to count and name the SNPs only)."""
         offset = 0
         for number, part in enumerate(self._parts):
             size = len(part.positions)
             if start < offset + size:
-                scanner, genotypes = self._scanner(number)
+                if scan:
+                    scanner, genotypes = self._scanner(number)
+                else:
+                    scanner, genotypes = None, self._analysed_genotypes(number)
                 for first, stop, block in genotypes.chunks(
                     self.chunk_size, max(start - offset, 0)
                 ):
-                    yield scanner, offset + first, offset + stop, block
+                    reasons = self.snp_filter.reasons(block)
+                    kept = reasons == ""
+                    if not kept.all():
+                        block = block[:, kept]
+                    yield _Chunk(offset + first, offset + stop, reasons, scanner, block)
             offset += size
 
-    def _labelled(self, first: int, stop: int, table: pd.DataFrame) -> pd.DataFrame:
-        """A chunk's statistics indexed by SNP id, with chr and pos when known."""
-        snps = self.snps.iloc[self._order[first:stop]]
-        known = [column for column in ("chr", "pos") if column in snps.columns]
+    def _labelled(self, chunk: _Chunk, table: pd.DataFrame, format: TableFormat) -> pd.DataFrame:
+        """A chunk's statistics indexed by SNP id, with what is known of each SNP."""
+        snps = self.snps.iloc[self._order[chunk.first : chunk.stop][chunk.reasons == ""]]
+        known = [column for column in SNP_COLUMNS if column in snps.columns]
         table.index = snps.index
-        return pd.concat([snps[known], table], axis=1)
+        labelled = pd.concat([snps[known], table], axis=1)
+        if format == "gemma":
+            return _gemma_table(labelled)
+        return labelled[[*known, *COLUMNS]]
 
     def run(
-        self, *, client: Any = None, progress: bool | ProgressCallback = False
+        self,
+        *,
+        client: Any = None,
+        progress: bool | ProgressCallback = False,
+        format: TableFormat = "emlmm",
     ) -> pd.DataFrame:
-        """Test every SNP: one row per input SNP, in input order.
+        """Test every SNP: one row per SNP the filters keep, in input order.
 
-        A warning gives the count of SNPs whose fit failed or did not converge.
-        ``client`` and ``progress`` are as for :meth:`tables`.
+        A warning gives the count of SNPs whose fit failed or did not converge; the
+        SNPs filtered out are counted in ``snp_counts``. ``client``, ``progress``
+        and ``format`` are as for :meth:`tables`.
         """
-        tables = list(self.tables(client=client, progress=progress))
+        counts = _SnpCounts()
+        tables = list(self._tables(0, client, progress, format, counts))
+        self.snp_counts = counts.as_dict(self.n_snps)
         if not tables:
-            known = [column for column in ("chr", "pos") if column in self.snps.columns]
-            return pd.DataFrame(columns=[*known, *COLUMNS], index=self.snps.index)
+            if format == "gemma":
+                return pd.DataFrame(columns=self.header(format))
+            return pd.DataFrame(columns=self.header()[1:], index=pd.Index([], name="snp"))
         result = pd.concat(tables)
         if not self.in_input_order:
-            result = result.iloc[np.argsort(self._order, kind="stable")]
-        warn_failures(result, stacklevel=3)
+            result = result.iloc[np.argsort(np.concatenate(counts.positions), kind="stable")]
+        if format == "emlmm":
+            warn_failures(result, stacklevel=3)
         return result
 
     # ------------------------------------------------------------------- files
@@ -421,9 +616,11 @@ class GenomeScan:
         """What makes this scan this scan: recorded beside a written table, so that
         only the same scan resumes it.
 
-        The emlmm version, formula, method and options, content hashes (SHA-256) of
-        the analysed sample ids, phenotype, covariates and kinship, and of the SNP list
-        (ids, chromosomes, positions), with its length.
+        The emlmm version, formula, method and options (SNP filters included),
+        content hashes (SHA-256) of the analysed sample ids, phenotype, covariates and
+        kinship (for LOCO, a description: the kinships come from the genotypes), and
+        of the SNP list (ids, chromosomes, positions, alleles), with its length. A
+        written table's record adds the table's format and columns.
         """
         if self.loco:
             self._scanner(0)
@@ -441,8 +638,14 @@ class GenomeScan:
             "emlmm": __version__,
             "formula": self.formula,
             "method": self.method,
-            "options": {"maxiter": self.maxiter, "tol": self.tol, "loco": self.loco},
-            "table": {"columns": self.header, "float_format": FLOAT_FORMAT},
+            "options": {
+                "maxiter": self.maxiter,
+                "tol": self.tol,
+                "loco": self.loco,
+                "min_maf": self.snp_filter.min_maf,
+                "max_missing": self.snp_filter.max_missing,
+                "hwe": self.snp_filter.hwe,
+            },
             "samples": {"count": int(model.nobs), "ids": _digest(model.data.row_labels)},
             "phenotype": _digest(model.endog),
             "covariates": _digest(model.exog, model.exog_names),
@@ -450,10 +653,11 @@ class GenomeScan:
             "snps": {"count": self.n_snps, "list": _digest(self.snps.index, *self.snps.T.values)},
         }
 
-    @property
-    def header(self) -> list[str]:
-        """The written table's columns, the SNP id first."""
-        known = [column for column in ("chr", "pos") if column in self.snps.columns]
+    def header(self, format: TableFormat = "emlmm") -> list[str]:
+        """The columns of a written table (emlmm's: the SNP id first)."""
+        if format == "gemma":
+            return list(GEMMA_COLUMNS)
+        known = [column for column in SNP_COLUMNS if column in self.snps.columns]
         return ["snp", *known, *COLUMNS]
 
     def write(
@@ -464,6 +668,7 @@ class GenomeScan:
         resume: bool = False,
         client: Any = None,
         progress: bool | ProgressCallback = False,
+        format: TableFormat = "emlmm",
     ) -> ScanSummary:
         """Test every SNP and write the table to ``path``, a chunk at a time.
 
@@ -484,9 +689,12 @@ class GenomeScan:
             Continue an interrupted run: the table must be an earlier, partial run of
             this very scan (same identity, its SNPs the first ones, in order). It is
             checked before anything is changed; a partly written last line is then
-            cut off and the remaining SNPs appended, so the finished file is the one
-            an uninterrupted run writes. Without a table, the scan starts afresh.
-        client, progress
+            cut off and the remaining SNPs appended. Each SNP's statistics do not
+            depend on the chunk it is tested in, so the finished file is the one an
+            uninterrupted run writes (up to the last bit of the floating-point
+            arithmetic, which the 6 significant digits written do not show).
+            Without a table, the scan starts afresh.
+        client, progress, format
             As for :meth:`tables`.
 
         Returns
@@ -499,17 +707,25 @@ class GenomeScan:
         ------
         FileExistsError
             If the table exists and neither ``overwrite`` nor ``resume`` is given.
+        ValueError
+            If both ``overwrite`` and ``resume`` are given, or for a LOCO scan whose
+            chromosomes are interleaved (see :attr:`in_input_order`).
         ScanFileError
             If the table is a link, is being written by another scan, or (to resume)
             is not an earlier run of this scan.
         """
+        check_choice("format", format, ("emlmm", "gemma"))
         if isinstance(path, ScanOutput):
-            return self._write(path, client, progress)
+            return self._write(path, client, progress, format)
         with ScanOutput(path, overwrite=overwrite, resume=resume) as output:
-            return self._write(output, client, progress)
+            return self._write(output, client, progress, format)
 
     def _write(
-        self, output: ScanOutput, client: Any, progress: bool | ProgressCallback
+        self,
+        output: ScanOutput,
+        client: Any,
+        progress: bool | ProgressCallback,
+        format: TableFormat,
     ) -> ScanSummary:
         if not self.in_input_order:
             raise ValueError(
@@ -517,43 +733,133 @@ class GenomeScan:
                 "in input order; sort the SNPs by chromosome (plink --make-bed does), or use "
                 "GenomeScan.run()"
             )
-        done = output.begin(self.identity, self.header, list(self.snps.index))
+        identity = {**self.identity, "table": {"format": format, "columns": self.header(format)}}
+        found = output.begin(identity, self.header(format))
+        counts = _SnpCounts()
+        start = self._position_after(found, counts, output) if found else 0
+        output.continue_table()
         failed = unconverged = 0
-        for table in self.tables(start=done, client=client, progress=progress):
-            output.append(table)
-            chunk_failed, chunk_unconverged = count_failures(table)
+        for table in self._tables(start, client, progress, format, counts):
+            output.append(table, format)
+            if format == "emlmm":
+                chunk_failed, chunk_unconverged = count_failures(table)
+            else:
+                chunk_failed, chunk_unconverged = int(table.p_lrt.eq("nan").sum()), 0
             failed, unconverged = failed + chunk_failed, unconverged + chunk_unconverged
-        summary = ScanSummary(output.path, self.n_snps, done, failed, unconverged)
-        _warn_counts(failed, unconverged, self.n_snps - done, "", stacklevel=4)
+        self.snp_counts = counts.as_dict(self.n_snps)
+        summary = ScanSummary(
+            output.path, self.n_snps, len(found), failed, unconverged, self.snp_counts
+        )
+        _warn_counts(failed, unconverged, self.snp_counts["analysed"] - len(found), "", 4)
         return summary
+
+    def _position_after(self, found: list[str], counts: _SnpCounts, output: ScanOutput) -> int:
+        """The input position after the SNPs of an earlier run, found by filtering the
+        SNPs again; refused unless those rows are this scan's first SNPs, in order."""
+        ids = self.snps.index
+        matched = 0
+        for chunk in self._chunks(0, scan=False):
+            positions = self._order[chunk.first : chunk.stop]
+            for offset in range(len(positions)):
+                if matched == len(found):
+                    return chunk.first + offset
+                counts.add(chunk.reasons[offset : offset + 1], positions[offset : offset + 1])
+                if chunk.reasons[offset] == "":
+                    if ids[positions[offset]] != found[matched]:
+                        break
+                    matched += 1
+            else:
+                continue
+            break
+        if matched == len(found):
+            return self.n_snps
+        raise ScanFileError(
+            f"cannot resume {output.path}: its rows are not this scan's first SNPs in order "
+            "(was it edited?); remove it or overwrite it (overwrite=True, --overwrite)"
+        )
 
     def _warn_duplicates(self, genotypes: Genotypes) -> None:
         repeated = genotypes.duplicated_ids()
         if len(repeated):
             warnings.warn(
-                f"{len(repeated)} SNP ids appear more than once ({_preview(list(repeated))}); "
+                f"{len(repeated)} SNP {'id appears' if len(repeated) == 1 else 'ids appear'} "
+                f"more than once ({_preview(list(repeated))}); "
                 "each SNP is tested and reported in a row of its own, in input order",
                 UserWarning,
                 stacklevel=3,
             )
 
 
-def _distributed(
-    client: Any, chunks: Iterator[tuple[_Scanner, int, int, NDArray[np.float64]]]
-) -> Iterator[tuple[int, int, pd.DataFrame]]:
+def _distributed(client: Any, chunks: Iterator[_Chunk]) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
     """Chunks tested on a Dask client's workers, a few in flight, in order."""
     in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
     scattered: tuple[_Scanner, Any] | None = None
-    pending: list[tuple[int, int, Any]] = []
-    for scanner, first, stop, block in chunks:
-        if scattered is None or scattered[0] is not scanner:
-            scattered = (scanner, client.scatter(scanner, broadcast=True))
-        pending.append((first, stop, client.submit(_scan_block, scattered[1], block, pure=False)))
+    pending: list[tuple[_Chunk, Any]] = []
+    for chunk in chunks:
+        assert chunk.scanner is not None
+        if scattered is None or scattered[0] is not chunk.scanner:
+            scattered = (chunk.scanner, client.scatter(chunk.scanner, broadcast=True))
+        pending.append((chunk, client.submit(_scan_block, scattered[1], chunk.block, pure=False)))
         while len(pending) >= in_flight:
-            first, stop, future = pending.pop(0)
-            yield first, stop, future.result()
-    for first, stop, future in pending:
-        yield first, stop, future.result()
+            done, future = pending.pop(0)
+            yield done, future.result()
+    for done, future in pending:
+        yield done, future.result()
+
+
+def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
+    """The null model's REML and ML estimates, as GEMMA logs them."""
+    rows = {}
+    for name, result in (
+        ("REML", model.fit(reml=True, maxiter=maxiter, tol=tol)),
+        ("ML", model.fit(maxiter=maxiter, tol=tol)),
+    ):
+        row = {
+            "sigma2_a": result.sigma2_a,
+            "sigma2_e": result.sigma2_e,
+            "lambda": result.sigma2_a / result.sigma2_e if result.sigma2_e > 0 else np.inf,
+            "pve": result.h2,
+            "se_pve": result.bse_h2,
+            "llf": result.llf,
+        }
+        for term, value, error in zip(result.params.index, result.params, result.bse, strict=True):
+            row[f"beta[{term}]"], row[f"se[{term}]"] = value, error
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
+    """A chunk's rows as GEMMA's ``assoc.txt`` text: its columns and number formats
+    (``af`` to 3 decimals, statistics in ``%.6e``; unknown chr/ps -9, alleles NA)."""
+    n = len(labelled)
+
+    def column(name: str, default: Any) -> pd.Series:
+        values = labelled[name] if name in labelled.columns else pd.Series([default] * n)
+        return pd.Series(np.asarray(values), dtype=object)
+
+    def scientific(values: Any) -> NDArray[np.str_]:
+        return np.char.mod("%.6e", np.asarray(values, dtype=np.float64))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l_mle = labelled.sigma2_a.to_numpy(float) / labelled.sigma2_e.to_numpy(float)
+    table = {
+        "chr": column("chr", -9),
+        "rs": pd.Series(np.asarray(labelled.index), dtype=object),
+        "ps": column("pos", -9),
+        "n_miss": labelled.n_miss.to_numpy(),
+        "allele1": column("allele1", "NA"),
+        "allele0": column("allele0", "NA"),
+        "af": np.char.mod("%.3f", labelled.af.to_numpy(float)),
+        "beta": scientific(labelled.beta),
+        "se": scientific(labelled.se),
+        "logl_H1": scientific(labelled.llf),
+        "l_remle": scientific(labelled.l_remle),
+        "l_mle": scientific(l_mle),
+        "p_wald": scientific(labelled.p_wald),
+        "p_lrt": scientific(labelled.p_lrt),
+        "p_score": scientific(labelled.p_score),
+    }
+    return pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
 
 
 def _digest(*parts: Any) -> str:
@@ -584,7 +890,8 @@ class ScanOutput:
     Parameters
     ----------
     path : str or path
-        The table. Its identity record is ``path + ".scan.json"``.
+        The table. Its identity record is ``path + ".scan.json"``, its log
+        ``path + ".log"`` (both guarded as the table is).
     overwrite, resume : bool
         As for :meth:`GenomeScan.write`.
 
@@ -606,11 +913,12 @@ class ScanOutput:
     ) -> None:
         self.path = Path(path)
         self.identity_path = self.path.with_name(self.path.name + ".scan.json")
+        self.log_path = self.path.with_name(self.path.name + ".log")
         overwrite, resume = check_flag("overwrite", overwrite), check_flag("resume", resume)
         if overwrite and resume:
             raise ValueError("overwrite and resume exclude each other: choose one")
         self.resume = resume
-        for target in (self.path, self.identity_path):
+        for target in (self.path, self.identity_path, self.log_path):
             if target.is_symlink():
                 raise ScanFileError(
                     f"{target} is a symbolic link; emlmm does not write through links: name "
@@ -619,8 +927,9 @@ class ScanOutput:
         exists = self.path.exists()
         if exists and not self.path.is_file():
             raise ScanFileError(f"{self.path} exists and is not a regular file")
-        if (exists or self.identity_path.exists()) and not (overwrite or resume):
-            found = self.path if exists else self.identity_path
+        others = [p for p in (self.identity_path, self.log_path) if p.exists()]
+        if (exists or others) and not (overwrite or resume):
+            found = self.path if exists else others[0]
             raise FileExistsError(
                 f"{found} exists; pass overwrite=True (--overwrite) to replace it, or "
                 "resume=True (--resume) to continue an interrupted run of the same scan"
@@ -634,23 +943,24 @@ class ScanOutput:
             raise
         self._created = not exists
         self._begun = False
+        self._keep: int | None = None
         self._file: IO[str] = open(descriptor, "r+", encoding="utf-8", newline="")
 
-    def begin(self, identity: dict[str, Any], header: list[str], snp_ids: list[str]) -> int:
-        """Start (or, resuming, check and continue) the table; SNPs already done.
+    def begin(self, identity: dict[str, Any], header: list[str]) -> list[str]:
+        """Start a new table, or check an earlier run's: the ids of its complete rows.
 
-        Nothing is changed before the existing table and its identity are found to
-        be an earlier run of this scan.
+        Resuming, the identity record and the header must be this scan's; nothing is
+        changed until :meth:`continue_table`, which the caller calls once it has
+        checked the ids too.
         """
         self._begun = True
         self._file.seek(0)
         text = self._file.read() if self.resume else ""
         if self.resume and text:
-            done, keep = self._check_earlier_run(text, identity, header, snp_ids)
-            self._file.seek(0)
-            self._file.truncate(len(text[:keep].encode("utf-8")))
-            self._file.seek(0, os.SEEK_END)
-            return done
+            self._keep = self._check_earlier_run(text, identity, header)
+            complete = text[: self._keep]
+            column = header.index("rs") if "rs" in header else 0
+            return [line.split("\t")[column] for line in complete.splitlines()[1:]]
         # A new table: empty it first, so that a run killed before its identity is
         # written leaves an empty table (which --resume starts afresh), never an old
         # table beside a new identity.
@@ -659,12 +969,20 @@ class ScanOutput:
         _write_atomically(self.identity_path, json.dumps(identity, indent=1) + "\n")
         self._file.write("\t".join(header) + "\n")
         self._file.flush()
-        return 0
+        self._keep = None
+        return []
 
-    def _check_earlier_run(
-        self, text: str, identity: dict[str, Any], header: list[str], snp_ids: list[str]
-    ) -> tuple[int, int]:
-        """Rows of an earlier run of this scan in ``text``, and the length to keep."""
+    def continue_table(self) -> None:
+        """After :meth:`begin`: cut off a partly written last line of an earlier run,
+        and go to the end of the table."""
+        if self._keep is not None:
+            self._file.seek(0)
+            self._file.truncate(len(self._file.read(self._keep).encode("utf-8")))
+        self._file.seek(0, os.SEEK_END)
+
+    def _check_earlier_run(self, text: str, identity: dict[str, Any], header: list[str]) -> int:
+        """The length of ``text`` to keep (its complete lines), if it is an earlier run
+        of this scan."""
         refuse = f"cannot resume {self.path}"
         try:
             recorded = json.loads(self.identity_path.read_text(encoding="utf-8"))
@@ -682,21 +1000,26 @@ class ScanOutput:
         if differences:
             raise ScanFileError(
                 f"{refuse}: it was written by another scan ({'; '.join(differences[:4])}); "
-                "remove it, choose another output, or pass --overwrite"
+                "remove it, choose another output, or overwrite it (overwrite=True, --overwrite)"
             )
         complete = text[: text.rfind("\n") + 1]
-        lines = complete.splitlines()
-        found = [line.split("\t", 1)[0] for line in lines[1:]]
-        if not lines or lines[0].split("\t") != header or found != snp_ids[: len(found)]:
+        if complete.split("\n", 1)[0].split("\t") != header:
             raise ScanFileError(
-                f"{refuse}: its rows are not this scan's first SNPs in order (was it "
-                "edited?); remove it or pass --overwrite"
+                f"{refuse}: its header is not this scan's (was it edited?); remove it or "
+                "overwrite it (overwrite=True, --overwrite)"
             )
-        return len(found), len(complete)
+        return len(complete)
 
-    def append(self, table: pd.DataFrame) -> None:
+    def write_log(self, text: str) -> None:
+        """Write the run's log, ``path + ".log"`` (replacing an earlier run's)."""
+        _write_atomically(self.log_path, text)
+
+    def append(self, table: pd.DataFrame, format: TableFormat = "emlmm") -> None:
         """Write a chunk's rows and flush them to the operating system."""
-        table.to_csv(self._file, sep="\t", header=False, float_format=FLOAT_FORMAT)
+        if format == "gemma":  # already text, in GEMMA's formats
+            table.to_csv(self._file, sep="\t", header=False, index=False)
+        else:
+            table.to_csv(self._file, sep="\t", header=False, float_format=FLOAT_FORMAT)
         self._file.flush()
 
     def close(self) -> None:
@@ -776,6 +1099,9 @@ def gwas(
     client: Any = None,
     loco: bool = False,
     chromosomes: ArrayLike | None = None,
+    min_maf: float = 0.01,
+    max_missing: float = 0.05,
+    hwe: float | None = None,
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
@@ -786,14 +1112,18 @@ def gwas(
     ----------
     formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, loco, chromosomes
         As for :class:`GenomeScan`.
+    min_maf, max_missing, hwe
+        GEMMA's SNP filters, as for :class:`GenomeScan` (on by default, as in GEMMA:
+        ``min_maf=0, max_missing=1`` tests every SNP).
     progress, client
         As for :meth:`GenomeScan.tables`.
 
     Returns
     -------
     pandas.DataFrame
-        One row per input SNP, in input order, indexed by SNP id, with ``chr`` and
-        ``pos`` when known, then ``af`` (frequency of the counted allele),
+        One row per SNP the filters keep, in input order, indexed by SNP id, with
+        ``chr``, ``pos``, ``allele1`` (the allele counted) and ``allele0`` when
+        known, then ``af`` (frequency of the counted allele),
         ``n_miss`` (missing genotypes, imputed by the SNP's mean), ``beta`` and
         ``se`` (REML, as GEMMA reports them), ``p_wald`` (F(1, n - p) on the REML
         Wald statistic), ``lrt`` and ``p_lrt`` (ML likelihood ratio against the
@@ -828,6 +1158,9 @@ def gwas(
         tol=tol,
         loco=loco,
         chromosomes=chromosomes,
+        min_maf=min_maf,
+        max_missing=max_missing,
+        hwe=hwe,
         eval_env=capture_namespace(),
     )
     return scan.run(client=client, progress=progress)
@@ -882,13 +1215,37 @@ def _null_formula(formula: str) -> str:
     return patsy.ModelDesc(description.lhs_termlist, rest).describe()
 
 
-def _progress_bar(done: int, total: int) -> None:
-    width = 40
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} SNPs")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _Progress:
+    """Progress on standard error: tqdm's bar (with its rate and ETA) on a terminal;
+    on a file or pipe, a plain line at most every 10 seconds and at the end, so a
+    redirected log stays readable."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.started, self.last = total, time.monotonic(), 0.0
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="SNP", unit_scale=True, file=sys.stderr)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= total:
+                self.bar.close()
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 10.0:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / max(done, 1) * (total - done)
+        print(
+            f"{done}/{total} SNPs ({100 * done / max(total, 1):.0f}%), {elapsed:.0f} s"
+            + (f", about {left:.0f} s left" if done < total else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _Scanner:
@@ -929,7 +1286,8 @@ class _Scanner:
         observed = block.shape[0] - n_miss
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.nansum(block, axis=0) / observed
-        table = pd.DataFrame(np.nan, index=range(block.shape[1]), columns=COLUMNS)
+        # Besides emlmm's columns, GEMMA's REML variance ratio (its output's l_remle).
+        table = pd.DataFrame(np.nan, index=range(block.shape[1]), columns=[*COLUMNS, "l_remle"])
         table["af"], table["n_miss"] = means / 2.0, n_miss
         table["n_iter"], table["converged"], table["note"] = 0, False, ""
         imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
@@ -1018,6 +1376,7 @@ class _Scanner:
                 sigma2_e=np.full(k, sigma2_e),
                 n_iter=np.zeros(k, int),
                 converged=np.ones(k, bool),
+                l_remle=np.full(k, sigma2_a / sigma2_e if sigma2_e > 0 else np.inf),
             )
         else:
             ml = self._fit(batch, self.null_ml, reml=False)
@@ -1031,6 +1390,8 @@ class _Scanner:
                 n_iter=ml.n_iter,
                 converged=ml.converged & reml.converged,
             )
+            with np.errstate(divide="ignore", invalid="ignore"):
+                result["l_remle"] = reml.sigma2_a / reml.sigma2_e  # GEMMA's REML lambda
         lrt = np.maximum(lrt, 0.0)
         se = np.sqrt(cov_beta[:, -1, -1])
         wald = (beta[:, -1] / se) ** 2
@@ -1160,3 +1521,9 @@ class _SnpFits:
 def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:
     """One chunk's statistics (a module-level function, so Dask can ship it)."""
     return scanner.scan(block)
+
+
+def _scan_chunk(chunk: _Chunk) -> pd.DataFrame:
+    """A chunk's statistics, here."""
+    assert chunk.scanner is not None
+    return chunk.scanner.scan(chunk.block)

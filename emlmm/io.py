@@ -1,9 +1,15 @@
 """Reading genotype, phenotype and kinship files.
 
-Two formats are supported:
+The formats supported are:
 
 * PLINK binary filesets (``.bed``/``.bim``/``.fam``), read lazily through
-  `bed-reader <https://fastlmm.github.io/bed-reader/>`_ by :func:`emlmm.read_plink`;
+  `bed-reader <https://fastlmm.github.io/bed-reader/>`_ by :func:`emlmm.read_plink`,
+  with every phenotype column of the ``.fam`` (GEMMA's ``-n``);
+* phenotype and covariate text files, in GEMMA's headerless ``-p``/``-c``
+  layout (rows in ``.fam`` order) or PLINK's ``FID IID name ...`` layout (rows
+  matched by individual id): :func:`emlmm.read_phenotypes`, :func:`read_covariates`;
+* GCTA's binary relatedness matrix (``.grm.bin``/``.grm.N.bin``/``.grm.id``):
+  :func:`read_grm`, :func:`write_grm`;
 * the lab's three headerless whitespace-separated text matrices (genotypes,
   phenotype, kinship), read by :func:`read_lab`.
 
@@ -12,9 +18,11 @@ Every error names the file it is about, and for text files the line.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,11 +30,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from emlmm._data import check_count
+from emlmm._data import _preview, check_count
 
-__all__ = ["LabMatrices", "PlinkGenotypes", "read_lab", "read_plink"]
+__all__ = [
+    "LabMatrices",
+    "PlinkGenotypes",
+    "read_covariates",
+    "read_grm",
+    "read_lab",
+    "read_phenotypes",
+    "read_plink",
+    "write_grm",
+]
 
 _BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
 _PLINK_MISSING_PHENOTYPE = -9.0
@@ -71,8 +88,10 @@ class PlinkGenotypes:
         ``a1``).
     fam : pandas.DataFrame
         The ``.fam`` file: columns ``fid``, ``iid``, ``father``, ``mother``
-        (str), ``sex`` (int) and ``pheno`` (str, as written), indexed by IID
-        (named ``"sample"``). Use :meth:`phenotype` for numeric phenotypes.
+        (str), ``sex`` (int) and ``pheno`` (the sixth column, str, as
+        written), indexed by IID (named ``"sample"``). Use :meth:`phenotype`
+        and :meth:`phenotypes` for numeric phenotypes, including any columns
+        after the sixth.
 
     Raises
     ------
@@ -286,6 +305,65 @@ class PlinkGenotypes:
             stop = min(start + chunk_size, self.n_snps)
             yield start, stop, self.read(start, stop, dtype=dtype)
 
+    def phenotypes(self) -> pd.DataFrame:
+        """Every phenotype column of the ``.fam`` file (its sixth column onward).
+
+        A standard ``.fam`` file has one phenotype, the sixth column; GEMMA
+        reads any further columns as more phenotypes (``-n 2`` is the
+        seventh column, and so on). bed-reader reads only six columns, so
+        the ``.fam`` is read again here, as text.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Float phenotypes indexed by sample id (named ``"sample"``), one
+            column per phenotype named ``"pheno1"``, ``"pheno2"``, ...; PLINK's
+            missing code -9 and ``NA``/``nan`` become NaN.
+
+        Raises
+        ------
+        ValueError
+            If a value is not a number (the error names the ``.fam`` line and
+            column), the lines have different numbers of columns, or the file
+            no longer matches the individuals read when the fileset was opened.
+
+        See Also
+        --------
+        phenotype : One of these columns, as a Series.
+        emlmm.read_phenotypes : Phenotypes from a separate file.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from bed_reader import to_bed
+        >>> from emlmm.io import read_plink
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = Path(tmp) / "toy"
+        ...     to_bed(f"{prefix}.bed", np.zeros((3, 2)), properties={"iid": ["a", "b", "c"]})
+        ...     _ = Path(f"{prefix}.fam").write_text(
+        ...         "f a 0 0 1 1.5 10 NA\\nf b 0 0 2 -9 20 0.5\\nf c 0 0 1 2.5 30 -1\\n"
+        ...     )
+        ...     with read_plink(prefix) as plink:
+        ...         print(plink.phenotypes())
+        ...         print(plink.phenotype(3).tolist())
+                pheno1  pheno2  pheno3
+        sample
+        a          1.5    10.0     NaN
+        b          NaN    20.0     0.5
+        c          2.5    30.0    -1.0
+        [nan, 0.5, -1.0]
+        """
+        tokens, lines = self._fam_phenotype_tokens()
+        values = _to_numbers(
+            tokens,
+            lambda row, column, token: self._fam_number_error(lines[row], column + 1, token),
+            minus_nine_missing=True,
+        )
+        columns = [f"pheno{j}" for j in range(1, values.shape[1] + 1)]
+        return pd.DataFrame(values, index=self.sample_ids.copy(), columns=columns)
+
     def phenotype(self, column: int = 1) -> pd.Series:
         """A phenotype from the ``.fam`` file, numbered as GEMMA's ``-n``.
 
@@ -293,42 +371,83 @@ class PlinkGenotypes:
         ----------
         column : int
             1 (the default) is the sixth ``.fam`` column, the only phenotype
-            a standard ``.fam`` file holds.
+            a standard ``.fam`` file holds; 2 is the seventh column, and so on.
 
         Returns
         -------
         pandas.Series
-            Float phenotype indexed by sample id, named ``"pheno"``; PLINK's
-            missing code -9 and ``NA``/``nan`` become NaN.
+            Float phenotype indexed by sample id, named ``"pheno"`` for
+            column 1 and ``"pheno<column>"`` otherwise (as in
+            :meth:`phenotypes`); PLINK's missing code -9 and ``NA``/``nan``
+            become NaN.
 
         Raises
         ------
         ValueError
-            If ``column`` is not 1, or a value is not a number (the error
-            names the ``.fam`` line).
+            If the ``.fam`` has no such column (the message says how many it
+            has), or a value in this column is not a number (the error names
+            the ``.fam`` line).
         """
         if isinstance(column, bool) or not isinstance(column, (int, np.integer)):
             raise TypeError(f"column must be an integer, not {type(column).__name__}")
-        if column != 1:
+        tokens, lines = self._fam_phenotype_tokens()
+        n_phenotypes = tokens.shape[1]
+        if not 1 <= column <= n_phenotypes:
+            if n_phenotypes == 1:
+                held = "one phenotype (column 6), phenotype 1"
+            else:
+                held = (
+                    f"{n_phenotypes} phenotypes (columns 6 to {5 + n_phenotypes}), "
+                    f"phenotypes 1 to {n_phenotypes}"
+                )
             raise ValueError(
-                f"phenotype column {column} does not exist: {self.fam_path} holds one "
-                "phenotype, column 1 (the sixth .fam column); read other phenotypes from a "
-                "separate file"
+                f"phenotype column {column} does not exist: {self.fam_path} holds {held} as "
+                "GEMMA's -n numbers them; read other phenotypes from a separate file with "
+                "read_phenotypes"
             )
-        values = np.empty(self.n_samples)
-        for line, token in enumerate(self.fam["pheno"], start=1):
-            if token in _MISSING_TOKENS:
-                values[line - 1] = np.nan
-                continue
-            try:
-                value = float(token)
-            except ValueError:
-                raise ValueError(
-                    f"{self.fam_path}, line {line}: phenotype {token!r} is not a number "
-                    "(use -9 or NA for missing)"
-                ) from None
-            values[line - 1] = np.nan if value == _PLINK_MISSING_PHENOTYPE else value
-        return pd.Series(values, index=self.sample_ids, name="pheno")
+        index = int(column) - 1
+        values = _to_numbers(
+            tokens[:, index : index + 1],
+            lambda row, _, token: self._fam_number_error(lines[row], column, token),
+            minus_nine_missing=True,
+        )
+        name = "pheno" if column == 1 else f"pheno{column}"
+        return pd.Series(values[:, 0], index=self.sample_ids.copy(), name=name)
+
+    def _fam_phenotype_tokens(self) -> tuple[NDArray[np.object_], list[int]]:
+        """The phenotype fields (sixth column onward) of each ``.fam`` line, and the lines."""
+        with open(self.fam_path, encoding="utf-8") as handle:
+            split = [line.split() for line in handle]
+        lines = [number for number, tokens in enumerate(split, start=1) if tokens]
+        rows = [tokens for tokens in split if tokens]
+        if len(rows) != self.n_samples:
+            raise ValueError(
+                f"{self.fam_path} now has {len(rows)} individuals, but {self.n_samples} were "
+                "read when the fileset was opened; was the file changed? Open it again"
+            )
+        width = len(rows[0]) if rows else 6
+        if any(len(tokens) != width for tokens in rows):
+            row = next(i for i, tokens in enumerate(rows) if len(tokens) != width)
+            raise ValueError(
+                f"{self.fam_path}, line {lines[row]}: {len(rows[row])} columns, but line "
+                f"{lines[0]} has {width}; every line of a .fam must have the same number of "
+                "columns (six, then one per extra phenotype)"
+            )
+        iids = self.fam["iid"].tolist()
+        if [tokens[1] for tokens in rows] != iids:
+            row = next(i for i, tokens in enumerate(rows) if tokens[1] != iids[i])
+            raise ValueError(
+                f"{self.fam_path}, line {lines[row]}: individual id {rows[row][1]!r} is not "
+                f"{iids[row]!r}, read when the fileset was opened; was the file changed? Open "
+                "it again"
+            )
+        return _token_array(rows, width)[:, 5:], lines
+
+    def _fam_number_error(self, line: int, phenotype: int, token: str) -> ValueError:
+        return ValueError(
+            f"{self.fam_path}, line {line}: phenotype {token!r} is not a number (column "
+            f"{5 + phenotype} of the .fam, phenotype {phenotype}); use -9 or NA for missing"
+        )
 
     # ----------------------------------------------------------- life cycle
 
@@ -415,6 +534,723 @@ def read_plink(prefix: str | os.PathLike[str]) -> PlinkGenotypes:
     [1.5, nan, 0.25, 3.0]
     """
     return PlinkGenotypes(prefix)
+
+
+# ------------------------------------------------------- phenotype and covariate files
+
+
+def _token_array(rows: list[list[str]], width: int) -> NDArray[np.object_]:
+    """Rows of ``width`` tokens as a 2-d array of str objects (also when there are none)."""
+    return np.array(rows, dtype=object).reshape(len(rows), width)
+
+
+def _to_numbers(
+    tokens: NDArray[np.object_],
+    error: Callable[[int, int, str], ValueError],
+    *,
+    minus_nine_missing: bool,
+) -> NDArray[np.float64]:
+    """A 2-d array of tokens as floats; ``NA``/``nan`` (and -9 if asked) become NaN.
+
+    ``error(row, column, token)`` builds the error for the first token, line by
+    line, that is not a number (0-based positions in ``tokens``).
+    """
+    missing = np.isin(tokens, list(_MISSING_TOKENS))
+    try:
+        values = np.where(missing, "nan", tokens).astype(np.float64)
+    except ValueError:
+        for (i, j), token in np.ndenumerate(tokens):
+            if missing[i, j]:
+                continue
+            try:
+                float(token)
+            except ValueError:
+                raise error(i, j, token) from None
+        raise  # pragma: no cover - numpy rejected what float() accepts
+    if minus_nine_missing:
+        values[values == _PLINK_MISSING_PHENOTYPE] = np.nan
+    return values
+
+
+@dataclass(frozen=True)
+class _TextTable:
+    """A phenotype or covariate file split into fields.
+
+    ``id_field`` is the 0-based field holding the IID (1 under a ``FID IID``
+    header, 0 under PLINK 2's ``#IID``) and ``names`` the header's value
+    columns; both are None for GEMMA's headerless layout, whose ``#`` comments
+    are dropped.
+    """
+
+    path: Path
+    rows: list[list[str]]
+    lines: list[int]
+    id_field: int | None
+    names: list[str] | None
+
+    @property
+    def first_value(self) -> int:
+        """0-based field of the first value."""
+        return 0 if self.id_field is None else self.id_field + 1
+
+
+def _header_id_field(tokens: Sequence[str]) -> int | None:
+    """Where the IID is under a PLINK header line (``[#]FID IID ...`` or ``[#]IID ...``)."""
+    first = tokens[0].upper()
+    if first in ("FID", "#FID") and len(tokens) > 1 and tokens[1].upper() == "IID":
+        return 1
+    if first in ("IID", "#IID"):
+        return 0
+    return None
+
+
+def _read_text_table(path: Path) -> _TextTable:
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read().splitlines()
+    first = next((number for number, line in enumerate(text) if line.split()), None)
+    if first is None:
+        raise ValueError(f"{path} holds no data")
+    id_field = _header_id_field(text[first].split())
+    names = None if id_field is None else text[first].split()[id_field + 1 :]
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    start = first if id_field is None else first + 1
+    for number, line in enumerate(text[start:], start=start + 1):
+        tokens = (line.split("#", 1)[0] if id_field is None else line).split()
+        if tokens:
+            rows.append(tokens)
+            lines.append(number)
+    if names is None:
+        if not rows:
+            raise ValueError(f"{path} holds no data")
+        width = len(rows[0])
+        for tokens, number in zip(rows, lines, strict=True):
+            if len(tokens) != width:
+                raise ValueError(
+                    f"{path}, line {number}: {len(tokens)} values, but line {lines[0]} has "
+                    f"{width}; every row must have the same number of values"
+                )
+        return _TextTable(path, rows, lines, None, None)
+    assert id_field is not None
+    header = f"{path}, line {first + 1} (the header)"
+    if not names:
+        raise ValueError(f"{header} names no columns after the individual ids")
+    repeated = pd.Index(names)[pd.Index(names).duplicated()].unique()
+    if len(repeated):
+        raise ValueError(f"{header}: column names must be unique; repeated: {_preview(repeated)}")
+    width = id_field + 1 + len(names)
+    for tokens, number in zip(rows, lines, strict=True):
+        if len(tokens) != width:
+            raise ValueError(
+                f"{path}, line {number}: {len(tokens)} fields, but the header (line "
+                f"{first + 1}) has {width}; every row must have one field per header column"
+            )
+    return _TextTable(path, rows, lines, id_field, names)
+
+
+def _sample_index(sample_ids: Sequence[str] | pd.Index) -> tuple[pd.Index, list[str]]:
+    """``sample_ids`` as the result's index, and as the strings matched against files."""
+    if isinstance(sample_ids, (str, bytes)):
+        raise TypeError("sample_ids must be a sequence of individual ids, not a single string")
+    index = pd.Index(sample_ids, name="sample")
+    keys = [str(label) for label in index]
+    repeated = pd.Index(keys)[pd.Index(keys).duplicated()].unique()
+    if len(repeated):
+        raise ValueError(
+            f"sample_ids must be unique; {len(repeated)} repeat: {_preview(repeated)}"
+        )
+    return index, keys
+
+
+def _read_sample_table(
+    path: str | os.PathLike[str],
+    sample_ids: Sequence[str] | pd.Index,
+    *,
+    what: str,
+    prefix: str,
+    gemma_flag: str,
+    minus_nine_missing: tuple[bool, bool],
+    number_hint: str,
+) -> pd.DataFrame:
+    """What :func:`emlmm.read_phenotypes` and :func:`read_covariates` share.
+
+    ``minus_nine_missing`` says whether -9 is missing without a header and with one.
+    """
+    index, keys = _sample_index(sample_ids)
+    table = _read_text_table(Path(path))
+    start = table.first_value
+    keyed = table.id_field is not None
+    if not table.rows:
+        raise ValueError(f"{table.path} has a header but no individuals")
+    width = len(table.rows[0])
+
+    if not keyed and len(table.rows) == len(keys):
+        # A PLINK file whose header was left off would otherwise be read as numbers.
+        for field in (0, 1):
+            if field + 1 < width and {row[field] for row in table.rows} == set(keys):
+                raise ValueError(
+                    f"{table.path}: column {field + 1} holds the sample ids, so this looks like "
+                    f"a PLINK {what} file without its header line; add one ('FID IID name ...' "
+                    "or '#IID name ...') so that rows are matched by id"
+                )
+
+    def error(row: int, column: int, token: str) -> ValueError:
+        line = table.lines[row]
+        field = start + column + 1
+        named = f" ({table.names[column]})" if table.names is not None else ""
+        hint = number_hint
+        if not keyed and row == 0:
+            hint += (
+                f"; if line {line} is a header, it must begin with FID IID (or #IID), and the "
+                "rows with the ids"
+            )
+        return ValueError(
+            f"{table.path}, line {line}, column {field}{named}: {token!r} is not a number{hint}"
+        )
+
+    values = _to_numbers(
+        _token_array(table.rows, width)[:, start:],
+        error,
+        minus_nine_missing=minus_nine_missing[keyed],
+    )
+
+    if not keyed:
+        if len(table.rows) != len(keys):
+            raise ValueError(
+                f"{table.path} has {len(table.rows)} rows but there are {len(keys)} sample "
+                f"ids: without a header, a {what} file holds one row per individual, in .fam "
+                f"order (GEMMA's {gemma_flag}); to match rows by individual id instead, begin "
+                "the file with a header line 'FID IID name ...' and each row with its ids"
+            )
+        columns = [f"{prefix}{j}" for j in range(1, values.shape[1] + 1)]
+        return pd.DataFrame(values, index=index, columns=columns)
+
+    assert table.id_field is not None and table.names is not None
+    id_field = table.id_field
+    ids = pd.Index([row[id_field] for row in table.rows])
+    if ids.has_duplicates:
+        repeated = ids[ids.duplicated()].unique()
+        shown = ", ".join(
+            f"{iid!r} (lines {', '.join(str(table.lines[i]) for i in np.flatnonzero(ids == iid))})"
+            for iid in repeated[:5]
+        )
+        raise ValueError(
+            f"{table.path}: individual ids (IID, column {id_field + 1}) must be unique; "
+            f"{len(repeated)} repeat: {shown}"
+        )
+    position = ids.get_indexer(keys)
+    found = position >= 0
+    if not found.any():
+        raise ValueError(
+            f"none of the {len(ids)} individuals in {table.path} is among the {len(keys)} "
+            f"sample ids: the file has {_preview(ids)}, the samples are {_preview(keys)} "
+            f"(rows are matched by individual id, IID, column {id_field + 1})"
+        )
+    matched = np.full((len(keys), values.shape[1]), np.nan)
+    matched[found] = values[position[found]]
+    return pd.DataFrame(matched, index=index, columns=list(table.names))
+
+
+def read_phenotypes(
+    path: str | os.PathLike[str], sample_ids: Sequence[str] | pd.Index
+) -> pd.DataFrame:
+    """Read a phenotype file in GEMMA's ``-p`` or PLINK's ``--pheno`` format.
+
+    The format is told by the first line:
+
+    * GEMMA (no header): whitespace-separated numbers, one column per
+      phenotype and one row per individual, in the order of ``sample_ids``
+      (the ``.fam`` order). Columns are named ``"pheno1"``, ``"pheno2"``, ...
+      Blank lines and ``#`` comments are skipped.
+    * PLINK (a header line beginning ``FID IID``, any case, or PLINK 2's
+      ``#FID IID`` or ``#IID``, then the phenotype names): each row begins
+      with the family and individual ids and is matched to ``sample_ids`` by
+      the individual id (IID); the FID is not used. Individuals of
+      ``sample_ids`` absent from the file get NaN, and rows of individuals
+      not in ``sample_ids`` are ignored. Columns keep the header's names.
+
+    In both, ``NA`` (or ``na``, ``NaN``, ``nan``) and -9 are missing (NaN).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The phenotype file.
+    sample_ids : sequence of str or pandas.Index
+        The individuals, e.g. :attr:`PlinkGenotypes.sample_ids`; the ids are
+        compared as strings.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Float phenotypes indexed by ``sample_ids`` (named ``"sample"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If a value is not a number (the message names the line and column),
+        the rows have different lengths, a headerless file has more or fewer
+        rows than ``sample_ids`` (both numbers are given), or, with a header,
+        an individual id repeats or none of them is in ``sample_ids``.
+
+    See Also
+    --------
+    PlinkGenotypes.phenotypes : The phenotypes of the ``.fam`` file.
+    read_covariates : The same layouts, for covariates.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from emlmm.io import read_phenotypes
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     gemma = Path(tmp) / "gemma.txt"
+    ...     _ = gemma.write_text("1.5 10\\nNA 20\\n2.5 -9\\n")
+    ...     plink = Path(tmp) / "plink.txt"
+    ...     _ = plink.write_text("FID IID height bmi\\nf c 180 NA\\nf a 165 22.5\\n")
+    ...     print(read_phenotypes(gemma, ["a", "b", "c"]))
+    ...     print(read_phenotypes(plink, ["a", "b", "c"]))
+            pheno1  pheno2
+    sample
+    a          1.5    10.0
+    b          NaN    20.0
+    c          2.5     NaN
+            height   bmi
+    sample
+    a        165.0  22.5
+    b          NaN   NaN
+    c        180.0   NaN
+    """
+    return _read_sample_table(
+        path,
+        sample_ids,
+        what="phenotype",
+        prefix="pheno",
+        gemma_flag="-p",
+        minus_nine_missing=(True, True),
+        number_hint=" (use NA or -9 for missing)",
+    )
+
+
+def read_covariates(
+    path: str | os.PathLike[str], sample_ids: Sequence[str] | pd.Index
+) -> pd.DataFrame:
+    """Read a covariate file in GEMMA's ``-c`` or PLINK's ``--covar`` format.
+
+    The format is told by the first line:
+
+    * GEMMA (no header): whitespace-separated numbers, one column per
+      covariate and one row per individual, in the order of ``sample_ids``
+      (the ``.fam`` order). As in GEMMA the file is the whole fixed-effect
+      design: include a column of 1s for an intercept. Columns are named
+      ``"covar1"``, ``"covar2"``, ... Only ``NA`` (or ``na``, ``NaN``,
+      ``nan``) is missing; -9 is a value. Blank lines and ``#`` comments are
+      skipped.
+    * PLINK (a header line beginning ``FID IID``, any case, or PLINK 2's
+      ``#FID IID`` or ``#IID``, then the covariate names): rows are matched
+      to ``sample_ids`` by individual id (IID), as in
+      :func:`emlmm.read_phenotypes`; individuals absent from the file get NaN.
+      As in PLINK, both ``NA`` and -9 are missing. Columns keep the
+      header's names.
+
+    Covariates must be numbers: code a categorical covariate as numbers
+    (indicator columns), or use the Python API with a formula and ``C(...)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The covariate file.
+    sample_ids : sequence of str or pandas.Index
+        The individuals, e.g. :attr:`PlinkGenotypes.sample_ids`; the ids are
+        compared as strings.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Float covariates indexed by ``sample_ids`` (named ``"sample"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        As :func:`emlmm.read_phenotypes`; a value that is not a number (such as a
+        category name) is reported with its line and column.
+
+    See Also
+    --------
+    read_phenotypes : The same layouts, for phenotypes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from emlmm.io import read_covariates
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     gemma = Path(tmp) / "covariates.txt"
+    ...     _ = gemma.write_text("1 0.5\\n1 -9\\n1 NA\\n")
+    ...     print(read_covariates(gemma, ["a", "b", "c"]))
+            covar1  covar2
+    sample
+    a          1.0     0.5
+    b          1.0    -9.0
+    c          1.0     NaN
+    """
+    return _read_sample_table(
+        path,
+        sample_ids,
+        what="covariate",
+        prefix="covar",
+        gemma_flag="-c",
+        minus_nine_missing=(False, True),
+        number_hint=(
+            " (covariates must be numbers: code a categorical covariate as numbers, or use "
+            "the Python API with a formula and C(...))"
+        ),
+    )
+
+
+# ------------------------------------------------------------------ GCTA GRM files
+
+_GRM_EXTENSIONS = (".grm.bin", ".grm.N.bin", ".grm.id")
+_GRM_DTYPE = np.dtype("<f4")
+
+
+def _grm_paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    path = Path(prefix)
+    for extension in _GRM_EXTENSIONS:
+        if path.name.endswith(extension):
+            path = path.with_name(path.name[: -len(extension)])
+            break
+    # append rather than with_suffix: a prefix such as "data.v2" keeps its dot
+    values, counts, ids = (path.with_name(path.name + ext) for ext in _GRM_EXTENSIONS)
+    return values, counts, ids
+
+
+def _read_grm_ids(path: Path) -> pd.Index:
+    iids: list[str] = []
+    lines: list[int] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(tokens) != 2:
+                raise ValueError(
+                    f"{path}, line {number}: {len(tokens)} fields; a .grm.id line holds two, "
+                    "the family id (FID) and the individual id (IID)"
+                )
+            iids.append(tokens[1])
+            lines.append(number)
+    if not iids:
+        raise ValueError(f"{path} lists no individuals")
+    index = pd.Index(iids, name="sample")
+    if index.has_duplicates:
+        repeated = index[index.duplicated()].unique()
+        raise ValueError(
+            f"{path}: individual ids (IID, column 2) must be unique to label the matrix; "
+            f"{len(repeated)} repeat: {_preview(repeated)}"
+        )
+    return index
+
+
+def read_grm(prefix: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a relatedness matrix in GCTA's binary format (``gcta64 --make-grm``).
+
+    GCTA writes three files: ``prefix.grm.bin``, the lower triangle of the
+    matrix with its diagonal, row by row (row ``i`` holds entries ``(i, 0)``
+    to ``(i, i)``), as little-endian 4-byte floats; ``prefix.grm.N.bin``, the
+    number of SNPs used for each entry, in the same layout; and
+    ``prefix.grm.id``, the family and individual id of each row, tab-separated,
+    without a header. The ``.grm.N.bin`` is not needed here and may be absent.
+
+    Parameters
+    ----------
+    prefix : str or os.PathLike
+        Path of the files without extension, or of one of them.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The full symmetric ``n x n`` matrix (float64), labelled on both axes
+        by the individual ids (IID, named ``"sample"``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the ``.grm.bin`` or ``.grm.id`` file is missing (both are named).
+    ValueError
+        If the ``.grm.id`` is malformed or repeats an individual id, or the
+        size of the ``.grm.bin`` is not that of ``n (n + 1) / 2`` floats for
+        the ``n`` individuals listed (the message gives both sizes).
+
+    See Also
+    --------
+    write_grm : Write a matrix in this format.
+    emlmm.kinship : Relatedness matrix from genotypes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from emlmm.io import read_grm
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     prefix = Path(tmp) / "toy"
+    ...     _ = Path(f"{prefix}.grm.id").write_text("f1\\ta\\nf2\\tb\\n")
+    ...     np.array([1.0, 0.25, 0.75], dtype="<f4").tofile(f"{prefix}.grm.bin")
+    ...     print(read_grm(prefix))
+    sample     a     b
+    sample
+    a       1.00  0.25
+    b       0.25  0.75
+    """
+    values_path, _, ids_path = _grm_paths(prefix)
+    missing = [str(p) for p in (values_path, ids_path) if not p.is_file()]
+    if missing:
+        stem = str(values_path)[: -len(".grm.bin")]
+        raise FileNotFoundError(f"GCTA GRM {stem!r} is incomplete; missing: {', '.join(missing)}")
+    ids = _read_grm_ids(ids_path)
+    n = len(ids)
+    expected = n * (n + 1) // 2 * _GRM_DTYPE.itemsize
+    actual = values_path.stat().st_size
+    if actual != expected:
+        doubled = (
+            " (twice that: 8-byte values are not GCTA's format, which stores 4-byte floats)"
+            if actual == 2 * expected
+            else ""
+        )
+        raise ValueError(
+            f"{values_path} has {actual} bytes but {ids_path} lists {n} individuals, whose "
+            f"lower triangle needs {n} * ({n} + 1) / 2 * 4 = {expected} bytes{doubled}: the "
+            ".grm.bin is truncated or damaged, or the .grm.id does not belong to it"
+        )
+    matrix = np.empty((n, n))
+    with open(values_path, "rb") as handle:
+        for i in range(n):
+            row = np.fromfile(handle, dtype=_GRM_DTYPE, count=i + 1)
+            matrix[i, : i + 1] = row
+            matrix[:i, i] = row[:i]
+    return pd.DataFrame(matrix, index=ids, columns=ids.copy())
+
+
+def _grm_fids(
+    labels: pd.Index, fids: Sequence[str] | pd.Series | None
+) -> tuple[list[str], list[str]]:
+    """The FID and IID written for each row of the kinship."""
+    if isinstance(labels, pd.MultiIndex):
+        if labels.nlevels != 2:
+            raise ValueError(
+                f"kinship's labels have {labels.nlevels} levels; label it by individual id, or "
+                "by (family id, individual id)"
+            )
+        if fids is not None:
+            raise ValueError(
+                "kinship is labelled by (family id, individual id) already; do not pass fids"
+            )
+        pairs = [(str(fid), str(iid)) for fid, iid in labels]
+        return [fid for fid, _ in pairs], [iid for _, iid in pairs]
+    iids = [str(label) for label in labels]
+    if fids is None:
+        return iids, iids
+    if isinstance(fids, (str, bytes)):
+        raise TypeError("fids must be a sequence of family ids, one per individual, not a string")
+    if isinstance(fids, pd.Series):
+        absent = labels.difference(fids.index)
+        if len(absent):
+            raise ValueError(
+                f"fids has no family id for {len(absent)} of the kinship's individuals: "
+                f"{_preview(absent)}"
+            )
+        fids = list(fids.loc[labels])
+    family = [str(fid) for fid in fids]
+    if len(family) != len(iids):
+        raise ValueError(
+            f"fids has {len(family)} family ids but the kinship has {len(iids)} individuals"
+        )
+    return family, iids
+
+
+def _check_grm_ids(fids: Sequence[str], iids: Sequence[str]) -> None:
+    if len(set(iids)) != len(iids):
+        repeated = pd.Index(iids)[pd.Index(iids).duplicated()].unique()
+        raise ValueError(
+            f"kinship's individual ids must be unique; {len(repeated)} repeat: "
+            f"{_preview(repeated)}"
+        )
+    for kind, ids in (("individual", iids), ("family", fids)):
+        bad = [label for label in ids if not label or len(label.split()) != 1]
+        if bad:
+            raise ValueError(
+                f"{kind} ids written to a .grm.id cannot be empty or hold whitespace: "
+                f"{_preview(bad)}"
+            )
+
+
+def _grm_counts(n_snps: int | ArrayLike | None, kinship: pd.DataFrame) -> NDArray[np.float64]:
+    n = kinship.shape[0]
+    if n_snps is None:
+        return np.zeros((n, n))
+    if isinstance(n_snps, bool):
+        raise TypeError("n_snps must be a number of SNPs or an n x n matrix of them, not a bool")
+    if isinstance(n_snps, pd.DataFrame):
+        if not (n_snps.index.equals(kinship.index) and n_snps.columns.equals(kinship.columns)):
+            raise ValueError("n_snps must be labelled as the kinship, in the same order")
+    counts = np.asarray(n_snps, dtype=np.float64)
+    if counts.ndim == 0:
+        counts = np.full((n, n), float(counts))
+    if counts.shape != (n, n):
+        raise ValueError(
+            f"n_snps must be one number, or a matrix of the kinship's shape ({n}, {n}), not of "
+            f"shape {counts.shape}"
+        )
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("n_snps must be finite and non-negative")
+    if not np.array_equal(counts, counts.T):
+        raise ValueError("n_snps must be symmetric, as the kinship")
+    return counts
+
+
+def write_grm(
+    prefix: str | os.PathLike[str],
+    kinship: pd.DataFrame,
+    n_snps: int | ArrayLike | None = None,
+    *,
+    fids: Sequence[str] | pd.Series | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write a relatedness matrix in GCTA's binary format (``--grm prefix``).
+
+    Writes ``prefix.grm.bin`` (the lower triangle with the diagonal, row by
+    row, as little-endian 4-byte floats), ``prefix.grm.N.bin`` (the number
+    of SNPs behind each entry, in the same layout) and ``prefix.grm.id``
+    (``FID<TAB>IID`` per individual, no header), as :func:`read_grm` and
+    ``gcta64 --grm`` read them. Values are rounded to single precision.
+
+    Parameters
+    ----------
+    prefix : str or os.PathLike
+        Path of the files without extension.
+    kinship : pandas.DataFrame
+        Square, symmetric matrix labelled by individual id on both axes, in
+        the same order (as :func:`emlmm.kinship` and :func:`read_grm` return
+        it); or labelled by a (family id, individual id) MultiIndex.
+    n_snps : int or array_like, optional
+        The SNP count written to ``.grm.N.bin``: one number for every entry,
+        or an ``n x n`` symmetric matrix of them. Default 0, for unknown;
+        GCTA uses the counts only when it combines matrices (such as
+        ``--mgrm`` merges, which weight each matrix by them), so give the
+        number of SNPs the kinship was computed from if it will be merged.
+    fids : sequence of str or pandas.Series, optional
+        Family ids, one per row (a Series is matched by individual id).
+        Default: each individual's id, as PLINK's ``--no-fid`` does.
+    overwrite : bool
+        Replace existing files; by default, if any of the three exists,
+        nothing is written.
+
+    Raises
+    ------
+    TypeError
+        If ``kinship`` is not a DataFrame.
+    FileExistsError
+        If a file exists and ``overwrite`` is False (each is named).
+    ValueError
+        If ``kinship`` is not square, not symmetric (beyond single-precision
+        round-off), not finite, not labelled alike on both axes or without
+        labels, or its ids repeat, are empty or hold whitespace; or if
+        ``n_snps`` or ``fids`` do not fit it.
+
+    See Also
+    --------
+    read_grm : Read it back.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import pandas as pd
+    >>> from emlmm.io import read_grm, write_grm
+    >>> ids = pd.Index(["a", "b", "c"], name="sample")
+    >>> matrix = pd.DataFrame(
+    ...     [[1.0, 0.5, 0.0], [0.5, 1.0, 0.1], [0.0, 0.1, 1.0]], index=ids, columns=ids
+    ... )
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_grm(Path(tmp) / "toy", matrix, n_snps=1000)
+    ...     print(sorted(path.name for path in Path(tmp).iterdir()))
+    ...     print(Path(tmp, "toy.grm.id").read_text().splitlines())
+    ...     print(read_grm(Path(tmp) / "toy").round(6))
+    ['toy.grm.N.bin', 'toy.grm.bin', 'toy.grm.id']
+    ['a\\ta', 'b\\tb', 'c\\tc']
+    sample    a    b    c
+    sample
+    a       1.0  0.5  0.0
+    b       0.5  1.0  0.1
+    c       0.0  0.1  1.0
+    """
+    if not isinstance(kinship, pd.DataFrame):
+        raise TypeError(
+            "kinship must be a pandas DataFrame labelled by individual id on both axes (the "
+            f"ids go to the .grm.id file), not {type(kinship).__name__}"
+        )
+    n_rows, n_columns = kinship.shape
+    if n_rows != n_columns:
+        raise ValueError(f"kinship must be square; it is {n_rows} x {n_columns}")
+    if isinstance(kinship.index, pd.RangeIndex):
+        raise ValueError(
+            "kinship has no individual ids (its index is the default 0 ... n-1); label it, "
+            "e.g. pd.DataFrame(matrix, index=ids, columns=ids)"
+        )
+    if not kinship.index.equals(kinship.columns):
+        raise ValueError(
+            "kinship's rows and columns must carry the same individual ids in the same order"
+        )
+    family, iids = _grm_fids(kinship.index, fids)
+    _check_grm_ids(family, iids)
+    try:
+        values = kinship.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"kinship must be numeric: {exc}") from None
+    if not np.isfinite(values).all():
+        raise ValueError("kinship holds NaN or infinite values; a .grm.bin cannot mark them")
+    asymmetry = float(np.abs(values - values.T).max(initial=0.0))
+    tolerance = 4 * float(np.finfo(np.float32).eps) * float(np.abs(values).max(initial=0.0))
+    if asymmetry > tolerance:
+        raise ValueError(
+            f"kinship must be symmetric; entries (i, j) and (j, i) differ by up to "
+            f"{asymmetry:.3g}, more than single-precision round-off ({tolerance:.3g})"
+        )
+    counts = _grm_counts(n_snps, kinship)
+    paths = _grm_paths(prefix)
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass "
+            "overwrite=True to replace the GRM"
+        )
+    symmetric = (values + values.T) / 2.0
+    ids_text = "".join(f"{fid}\t{iid}\n" for fid, iid in zip(family, iids, strict=True))
+    for path, matrix in zip(paths[:2], (symmetric, counts), strict=True):
+        _replace_file(path, functools.partial(_write_lower_triangle, matrix=matrix))
+    _replace_file(paths[2], lambda handle: handle.write(ids_text.encode("utf-8")))
+
+
+def _write_lower_triangle(handle: Any, matrix: NDArray[np.float64]) -> None:
+    for i in range(matrix.shape[0]):
+        handle.write(matrix[i, : i + 1].astype(_GRM_DTYPE).tobytes())
+
+
+def _replace_file(path: Path, write: Callable[[Any], object]) -> None:
+    """Write ``path`` through a temporary file, so that it is never left half written."""
+    # Not tempfile.mkstemp, whose files are private (mode 0600) whatever the umask.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------- lab text files

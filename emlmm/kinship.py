@@ -24,7 +24,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from emlmm._data import check_count
 from emlmm.genotypes import Genotypes
@@ -60,20 +60,28 @@ def _centered_block(
     min_maf: float,
     max_missing: float,
     counts: _SnpCounts,
+    filter_rows: NDArray[np.intp] | None = None,
 ) -> NDArray[np.float64]:
-    """Mean-impute, filter, center (and scale) one chunk of SNPs, as GEMMA's ``PlinkKin``."""
+    """Mean-impute, filter, center (and scale) one chunk of SNPs, as GEMMA's ``PlinkKin``.
+
+    The filters look at the rows ``filter_rows`` (default: all); imputation,
+    centering and scaling at all rows, as GEMMA's.
+    """
     n = block.shape[0]
     observed = ~np.isnan(block)
     filled = np.where(observed, block, 0.0)
     n_observed = observed.sum(axis=0)
-    allele_sum = filled.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN for entirely missing SNPs
-        mean = allele_sum / n_observed
-        allele_frequency = allele_sum / (2.0 * n_observed)  # as GEMMA computes it
-    lowest = np.where(observed, block, np.inf).min(axis=0)
-    highest = np.where(observed, block, -np.inf).max(axis=0)
+        mean = filled.sum(axis=0) / n_observed
+    seen = block if filter_rows is None else block[filter_rows]
+    seen_observed = ~np.isnan(seen)
+    n_seen = seen_observed.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        allele_frequency = np.where(seen_observed, seen, 0.0).sum(axis=0) / (2.0 * n_seen)
+    lowest = np.where(seen_observed, seen, np.inf).min(axis=0)
+    highest = np.where(seen_observed, seen, -np.inf).max(axis=0)
     polymorphic = highest > lowest
-    too_missing = (n - n_observed) / n > max_missing
+    too_missing = (seen.shape[0] - n_seen) / seen.shape[0] > max_missing
     too_rare = (allele_frequency < min_maf) | (allele_frequency > 1.0 - min_maf)
     keep = polymorphic & ~too_missing & ~too_rare
     counts.monomorphic += int((~polymorphic).sum())
@@ -94,6 +102,7 @@ def kinship_sum(
     method: Method = "centered",
     min_maf: float = 0.01,
     max_missing: float = 0.05,
+    filter_rows: NDArray[np.intp] | None = None,
 ) -> tuple[NDArray[np.float64], _SnpCounts]:
     """``W W'`` summed over the SNPs of ``blocks`` that pass the filters, and the counts.
 
@@ -103,7 +112,7 @@ def kinship_sum(
     counts = _SnpCounts()
     matrix = np.zeros((n_samples, n_samples))
     for _start, _stop, block in blocks:
-        centered = _centered_block(block, method, min_maf, max_missing, counts)
+        centered = _centered_block(block, method, min_maf, max_missing, counts, filter_rows)
         if centered.shape[1]:
             matrix += centered @ centered.T
     return matrix, counts
@@ -117,6 +126,7 @@ def kinship(
     *,
     min_maf: float = ...,
     max_missing: float = ...,
+    filter_individuals: ArrayLike | None = ...,
 ) -> NDArray[np.float64]: ...
 @overload
 def kinship(
@@ -126,6 +136,7 @@ def kinship(
     *,
     min_maf: float = ...,
     max_missing: float = ...,
+    filter_individuals: ArrayLike | None = ...,
 ) -> pd.DataFrame: ...
 def kinship(
     genotypes: pd.DataFrame | NDArray[Any] | PlinkGenotypes,
@@ -134,6 +145,7 @@ def kinship(
     *,
     min_maf: float = 0.01,
     max_missing: float = 0.05,
+    filter_individuals: ArrayLike | None = None,
 ) -> pd.DataFrame | NDArray[np.float64]:
     """Genomic relatedness matrix, as GEMMA's ``-gk 1`` (centered) or ``-gk 2`` (standardized).
 
@@ -162,8 +174,11 @@ def kinship(
     max_missing : float
         Leave out SNPs with a larger fraction of missing genotypes (GEMMA's
         ``-miss``, default 0.05; 1 keeps them all). Monomorphic SNPs are
-        always left out, as in GEMMA. Both filters use all individuals
-        (GEMMA uses those with a phenotype; the same when none is missing).
+        always left out, as in GEMMA.
+    filter_individuals : array_like, optional
+        The individuals the filters are computed on (labels, or row positions
+        for an array): GEMMA uses those analysed, with a phenotype (``-n``).
+        By default all. The kinship itself is over all individuals.
 
     Returns
     -------
@@ -216,8 +231,15 @@ def kinship(
         raise ValueError(f"max_missing must be between 0 and 1, not {max_missing}")
 
     source = Genotypes.from_any(genotypes)
+    filter_rows = None
+    if filter_individuals is not None:
+        wanted = pd.Index(np.asarray(filter_individuals))
+        if source.sample_ids is None:
+            filter_rows = source.for_individuals(wanted, pd.RangeIndex(source.n_samples)).rows
+        else:
+            filter_rows = source.for_individuals(wanted).rows
     matrix, counts = kinship_sum(
-        source.n_samples, source.chunks(chunk_size), method, min_maf, max_missing
+        source.n_samples, source.chunks(chunk_size), method, min_maf, max_missing, filter_rows
     )
     if counts.used == 0:
         raise ValueError(

@@ -323,7 +323,7 @@ class EMLMM(LikelihoodModel):
 
         A scan (:class:`emlmm.GenomeScan`) tests each SNP against this model. It needs
         the model's ML and REML estimates and the data they were computed from, not
-        the model itself; they are handed over as a frozen :class:`NullFit`.
+        the model itself; they are handed over as a frozen :class:`~emlmm.model.NullFit`.
 
         Parameters
         ----------
@@ -401,7 +401,7 @@ class EMLMM(LikelihoodModel):
 @dataclass(frozen=True)
 class NullFit:
     """A fitted null model, as the values a genome scan needs (from
-    :meth:`EMLMM.fit_for_scan`).
+    :meth:`emlmm.EMLMM.fit_for_scan`).
 
     Everything is in the units of the model's numerics: scaled, rotated, and reduced
     to the kinship's column space where the covariates absorb its null space;
@@ -409,13 +409,15 @@ class NullFit:
 
     Attributes
     ----------
-    data : FitData
-        The null model's scaled, rotated data and the maps back.
+    data : emlmm._design.FitData
+        The null model's scaled, rotated data and the maps back (an internal type:
+        its fields are documented in ``emlmm/_design.py``).
     eigenvectors : ndarray of shape (n, n - n0)
         The kinship's eigenvectors for the directions in ``data``: a SNP's rotated
         genotypes are ``g @ eigenvectors``.
-    ml, reml : Estimate
-        The maximum-likelihood and REML estimates.
+    ml, reml : emlmm._em.Estimate
+        The maximum-likelihood and REML estimates (internal: ``beta``, ``sigma2_a``
+        and ``sigma2_e`` in the units of ``data``).
     """
 
     data: FitData

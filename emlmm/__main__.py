@@ -103,7 +103,7 @@ def run_gwas(args: argparse.Namespace) -> int:
             )
             timings["scan"] = time.perf_counter() - started - sum(timings.values())
             timings["total"] = time.perf_counter() - started
-            log = scan.report(notes=notes, timings=timings, command=sys.argv)
+            log = scan.report(notes=notes, timings=timings, command=args.command_line)
             output.write_log(log)
     counts = summary.snp_counts
     if summary.resumed_from:
@@ -418,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's error ends it with one line and exit status 1."""
     args = build_parser().parse_args(argv)
+    args.command_line = ["emlmm", *(sys.argv[1:] if argv is None else argv)]
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:

@@ -49,16 +49,23 @@ SNP_COLUMNS = ("chr", "pos", "allele1", "allele0")
 _CHUNK_ELEMENTS = 4_000_000
 
 
-def default_chunk_size(n_samples: int) -> int:
-    """SNPs per chunk: about 4 million genotypes, between 64 and 4,096 SNPs.
+def default_chunk_size(n_samples: int, n_snps: int | None = None) -> int:
+    """SNPs per chunk: about 4 million genotypes, between 64 and 4,096 SNPs; given the
+    number of SNPs, also at most a twentieth of them (but 256 or more), so that a
+    scan reports its progress often.
 
     Examples
     --------
     >>> from emlmm.genotypes import default_chunk_size
     >>> default_chunk_size(1_000), default_chunk_size(100), default_chunk_size(200_000)
     (4000, 4096, 64)
+    >>> default_chunk_size(1_000, n_snps=12_000), default_chunk_size(1_000, n_snps=1_000)
+    (600, 256)
     """
-    return max(64, min(4096, _CHUNK_ELEMENTS // max(n_samples, 1)))
+    size = max(64, min(4096, _CHUNK_ELEMENTS // max(n_samples, 1)))
+    if n_snps is not None:
+        size = min(size, max(256, -(-n_snps // 20)))
+    return size
 
 
 @runtime_checkable

@@ -346,7 +346,7 @@ class GenomeScan:
             aligned = source.for_individuals(used, data.index)
             self._parts = [_Part(None, np.arange(source.n_snps), aligned)]
             n_rows = len(used)
-        self.chunk_size = chunk_size or default_chunk_size(n_rows)
+        self.chunk_size = chunk_size or default_chunk_size(n_rows, source.n_snps)
         self._order = np.concatenate([np.zeros(0, np.intp)] + [p.positions for p in self._parts])
         self._current: tuple[int, _Scanner, Genotypes] | None = None
         self.null_estimates: dict[str, pd.DataFrame] = {}

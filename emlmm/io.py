@@ -776,7 +776,7 @@ def read_phenotypes(
     path : str or os.PathLike
         The phenotype file.
     sample_ids : sequence of str or pandas.Index
-        The individuals, e.g. :attr:`PlinkGenotypes.sample_ids`; the ids are
+        The individuals, e.g. ``PlinkGenotypes.sample_ids``; the ids are
         compared as strings.
 
     Returns
@@ -796,7 +796,7 @@ def read_phenotypes(
 
     See Also
     --------
-    PlinkGenotypes.phenotypes : The phenotypes of the ``.fam`` file.
+    emlmm.io.PlinkGenotypes.phenotypes : The phenotypes of the ``.fam`` file.
     read_covariates : The same layouts, for covariates.
 
     Examples
@@ -862,7 +862,7 @@ def read_covariates(
     path : str or os.PathLike
         The covariate file.
     sample_ids : sequence of str or pandas.Index
-        The individuals, e.g. :attr:`PlinkGenotypes.sample_ids`; the ids are
+        The individuals, e.g. ``PlinkGenotypes.sample_ids``; the ids are
         compared as strings.
 
     Returns

@@ -339,3 +339,33 @@ def test_progress_in_a_log_file_is_plain_lines(study, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "40/40 SNPs (100%)" in err
+
+
+# --- honest agreement -----------------------------------------------------------------------
+
+def test_logl_h1_is_the_textbook_ml_maximum(study, tmp_path):
+    """The ML log-likelihood written for each SNP (GEMMA's logl_H1 column) is the
+    maximum of the full Gaussian likelihood, as a dense brute-force fit finds it, and
+    p_lrt is the chi2(1) tail of twice its gain over the null's maximum."""
+    from scipy import stats
+
+    prefix, folder, *_ = study
+    out = tmp_path / "gemma.txt"
+    assert main(gwas_args(prefix, folder, out, "--pheno-col", "2", "--covar",
+                          str(folder / "covar.txt"), "--format", "gemma")) == 0
+    written = pd.read_csv(out, sep="\t", index_col="rs")
+    data, snps, related = frame(study)
+    table = gwas("y ~ 1 + age + snp", data, snps, related)
+    np.testing.assert_allclose(written.logl_H1, table.llf, rtol=1e-6)  # printed precision
+    used = data.y.notna().to_numpy()
+    y, K = data.y.to_numpy()[used], related.to_numpy()[np.ix_(used, used)]
+    covariates = np.column_stack([np.ones(used.sum()), data.age.to_numpy()[used]])
+    null = dense.maximise(y, covariates, K)
+    for snp in ("rs2",):  # the causal SNP
+        X = np.column_stack([covariates, snps.loc[used, snp]])
+        fit = dense.maximise(y, X, K)
+        assert table.loc[snp, "llf"] == pytest.approx(fit.llf, abs=1e-6)
+        lrt = max(2 * (fit.llf - null.llf), 0.0)
+        assert table.loc[snp, "p_lrt"] == pytest.approx(stats.chi2.sf(lrt, 1), rel=1e-5)
+        ratio = table.loc[snp, "sigma2_a"] / table.loc[snp, "sigma2_e"]
+        assert ratio == pytest.approx(fit.sigma2_a / fit.sigma2_e, rel=1e-3)

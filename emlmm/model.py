@@ -31,6 +31,11 @@ from emlmm._spectral import KinshipSpectrum
 
 __all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "NullFit"]
 
+#: Keywords statsmodels' from_formula passes to a model's constructor.
+_STATSMODELS_KEYWORDS = frozenset(
+    {"missing_idx", "formula", "model_spec", "design_info", "hasconst"}
+)
+
 #: The lab's start values of the variances (``fit(start_params="lab")``; beta starts at 0).
 LAB_START_SIGMA2_A = _em.LAB_START_SIGMA2_A
 LAB_START_SIGMA2_E = _em.LAB_START_SIGMA2_E
@@ -107,6 +112,13 @@ class EMLMM(LikelihoodModel):
             raise ValueError(
                 "exog is required; for an intercept-only model pass a column of ones "
                 "(or use from_formula with 'y ~ 1')"
+            )
+        unknown = sorted(set(kwargs) - _STATSMODELS_KEYWORDS)
+        if unknown:
+            raise TypeError(
+                f"EMLMM got unexpected keyword arguments {unknown}: weights, offsets and extra "
+                "variance components (vc_formula) are not supported, and nothing is "
+                "silently ignored"
             )
         missing_idx = kwargs.get("missing_idx")
         if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
@@ -220,8 +232,12 @@ class EMLMM(LikelihoodModel):
         estimate = data.from_user(coefficients, sigma2_a, sigma2_e)
         return float(_em.criterion(data.rotated, estimate, reml)) + data.llf_offset(reml)
 
-    def predict(self, params: ArrayLike, exog: ArrayLike | None = None) -> NDArray[np.float64]:
-        """Marginal mean ``exog @ params`` (fixed effects only)."""
+    def predict(
+        self, params: ArrayLike, exog: ArrayLike | None = None, which: str = "mean"
+    ) -> NDArray[np.float64]:
+        """Marginal mean ``exog @ params`` (fixed effects only; ``which`` is "mean" or
+        "linear", the same here, as statsmodels' prediction tools ask for either)."""
+        check_choice("which", which, ("mean", "linear"))
         exog = self.exog if exog is None else np.asarray(exog, dtype=float)
         return exog @ np.asarray(params, dtype=float)[: self.k_exog]
 

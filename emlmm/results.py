@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 from scipy import stats
 from statsmodels.base import wrapper as wrap
@@ -14,7 +15,7 @@ from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrap
 from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 
-from emlmm import _em
+from emlmm import _blup, _em
 
 if TYPE_CHECKING:
     from emlmm._design import FitData
@@ -85,6 +86,10 @@ class EMLMMResults(LikelihoodModelResults):
         Whether this is a REML fit.
     method : str
         The fitting method (``"em"``, ``"accelerated"`` or ``"lab"``).
+    mle_retvals : dict
+        As statsmodels' fits report them: ``converged``, ``iterations``,
+        ``method``, ``reml`` and ``final_gain`` (the log-likelihood gain of the
+        last iteration).
 
     Examples
     --------
@@ -146,6 +151,15 @@ class EMLMMResults(LikelihoodModelResults):
         self.method = method
         self._estimate = estimate
         self._fit_data = fit_data
+        self._data_removed = False
+        history = self.llf_history
+        self.mle_retvals = {
+            "converged": self.converged,
+            "iterations": self.n_iter,
+            "method": method,
+            "reml": reml,
+            "final_gain": float(history[-1] - history[-2]) if len(history) > 1 else np.nan,
+        }
 
     @cached_property
     def llf(self) -> float:
@@ -226,7 +240,13 @@ class EMLMMResults(LikelihoodModelResults):
 
     @cached_property
     def bse_h2(self) -> float:
-        """Standard error of ``h2`` by the delta method."""
+        """Standard error of ``h2`` by the delta method, from the inverse *expected*
+        information of (sigma2_a, sigma2_e), as ``bse_sigma2_a``.
+
+        GEMMA's ``se(pve)`` uses the *observed* information instead:
+        :attr:`bse_h2_observed`. The two agree in large samples; for an interval
+        that respects the boundaries 0 and 1, use :meth:`h2_conf_int`.
+        """
         mean_diagonal = self.model.spectrum.mean_diagonal
         sigma2_a, sigma2_e = float(self._estimate.sigma2_a), float(self._estimate.sigma2_e)
         total = sigma2_a * mean_diagonal + sigma2_e
@@ -235,8 +255,246 @@ class EMLMMResults(LikelihoodModelResults):
         return float(np.sqrt(gradient @ self._scaled_variance_covariance @ gradient))
 
     @cached_property
+    def bse_h2_observed(self) -> float:
+        """Standard error of ``h2`` from the observed information: the curvature of
+        the profile (restricted) log-likelihood of h2 at its maximum, GEMMA's
+        ``se(pve)`` convention. NaN when h2 is on a boundary (0 or 1)."""
+        return _blup.observed_se(
+            self._fit_data.rotated, self.h2, self.model.spectrum.mean_diagonal, self.reml
+        )
+
+    def h2_conf_int(self, alpha: float = 0.05) -> tuple[float, float]:
+        """Profile-likelihood confidence interval for ``h2``.
+
+        The values of h2 whose profile log-likelihood (maximised over the fixed
+        effects and the total variance; restricted for a REML fit) lies within
+        ``chi2_1(1 - alpha) / 2`` of its maximum. An end is 0 (or 1) when the
+        profile does not drop that far before the boundary, so the interval is
+        never outside [0, 1] and is right at h2 = 0.
+
+        Examples
+        --------
+        >>> from emlmm import EMLMM
+        >>> from emlmm.datasets import load_lab
+        >>> lab = load_lab()
+        >>> result = EMLMM.from_formula("y ~ 1", lab.phenotype.to_frame(),
+        ...                             kinship=lab.kinship).fit(reml=True)
+        >>> low, high = result.h2_conf_int()
+        >>> print(f"h2 = {result.h2:.3f}, 95% CI [{low:.3f}, {high:.3f}]")
+        h2 = 0.483, 95% CI [0.277, 0.673]
+        """
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+        return _blup.profile_interval(
+            self._fit_data.rotated, self.h2, self.model.spectrum.mean_diagonal, self.reml,
+            alpha,
+        )  # fmt: skip
+
+    def blup(self, kinship: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Best linear unbiased predictions of the kinship effect, with their errors.
+
+        Parameters
+        ----------
+        kinship : pandas.DataFrame, optional
+            A labelled kinship covering the fitted individuals and others (relatives
+            without a phenotype, say): they get predictions too (GBLUP). Its block of
+            the fitted individuals must be the kinship the model was fitted with.
+            Only ``A_*o U`` is computed for the others: no ``n_all^3`` step.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by individual: ``blup`` (E[a | y] at the estimates), ``se`` (the
+            square root of Henderson's prediction error variance, which accounts for
+            estimating beta: ``PEV = sigma2_a A_ii - sigma2_a^2 (A_*o P A_o*)_ii``) and
+            ``reliability`` (``1 - PEV / (sigma2_a A_ii)``, the squared correlation
+            of the BLUP with the true value), and ``phenotyped``.
+
+        Examples
+        --------
+        >>> from emlmm import EMLMM
+        >>> from emlmm.datasets import load_lab
+        >>> lab = load_lab()
+        >>> result = EMLMM.from_formula("y ~ 1", lab.phenotype.to_frame(),
+        ...                             kinship=lab.kinship).fit(reml=True)
+        >>> result.blup().round(3).head(3)
+                 blup     se  reliability  phenotyped
+        sample
+        ind001  5.853  4.189        0.538        True
+        ind002  1.342  4.319        0.555        True
+        ind003  1.687  4.312        0.540        True
+        """
+        self._check_data("blup()")
+        fit_data, estimate = self._fit_data, self._estimate
+        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]
+        fitted = pd.Index(self.model.data.row_labels)
+        if kinship is None:
+            labels = fitted
+            cross = eigenvectors * fit_data.rotated.eigenvalues
+            diagonal = np.diag(self.model.kinship)
+        else:
+            labels, cross, diagonal = self._cross_kinship(kinship, fitted, eigenvectors)
+        predicted = _blup.predict(fit_data.rotated, estimate, cross, diagonal)
+        scale = fit_data.endog_scale
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reliability = np.where(predicted.prior > 0, 1.0 - predicted.pev / predicted.prior,
+                                   np.nan)  # fmt: skip
+        return pd.DataFrame(
+            {
+                "blup": scale * predicted.blup,
+                "se": scale * np.sqrt(predicted.pev),
+                "reliability": reliability,
+                "phenotyped": labels.isin(fitted),
+            },
+            index=labels,
+        )
+
+    def _cross_kinship(
+        self, kinship: pd.DataFrame, fitted: pd.Index, eigenvectors: NDArray[np.float64]
+    ) -> tuple[pd.Index, NDArray[np.float64], NDArray[np.float64]]:
+        """Labels, ``A_*o U`` and ``diag(A_**)`` from a labelled kinship."""
+        if not isinstance(kinship, pd.DataFrame):
+            raise TypeError(
+                "kinship must be a labelled DataFrame covering the fitted individuals, not "
+                f"{type(kinship).__name__}"
+            )
+        if not kinship.index.equals(kinship.columns):
+            raise ValueError("kinship must have the same labels, in the same order, on both axes")
+        missing = fitted.difference(kinship.index)
+        if len(missing):
+            raise ValueError(
+                f"{len(missing)} fitted individuals have no row in the kinship: "
+                f"{', '.join(map(repr, missing[:5]))}"
+            )
+        values = kinship.to_numpy(dtype=float)
+        columns = kinship.columns.get_indexer(fitted)
+        block = values[np.ix_(columns, columns)]
+        if not np.allclose(block, self.model.kinship, rtol=1e-8, atol=1e-10):
+            raise ValueError(
+                "the kinship's block of the fitted individuals is not the kinship the model "
+                "was fitted with"
+            )
+        return kinship.index, values[:, columns] @ eigenvectors, np.diag(values).copy()
+
+    def get_prediction(
+        self, exog: Any = None, transform: bool = True, row_labels: Any = None
+    ) -> Any:
+        """Predictions of the fixed part ``X beta`` with standard errors and confidence
+        intervals, as statsmodels' ``get_prediction``.
+
+        ``summary_frame(alpha)`` gives ``mean``, ``mean_se``, ``mean_ci_lower`` and
+        ``mean_ci_upper``. For an individual's genetic value add its BLUP
+        (:meth:`blup`, which a new individual gets from a kinship covering it).
+
+        Parameters
+        ----------
+        exog : array_like or DataFrame, optional
+            New values of the covariates (the variables of the formula, for a formula
+            model); default: the fitted design.
+        transform : bool
+            Pass ``exog`` through the formula.
+        row_labels : sequence, optional
+            Labels of the predictions.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from emlmm import EMLMM
+        >>> from emlmm.datasets import load_lab
+        >>> lab = load_lab()
+        >>> data = lab.genotypes[["snp0021"]].assign(y=lab.phenotype)
+        >>> result = EMLMM.from_formula("y ~ 1 + snp0021", data, kinship=lab.kinship).fit()
+        >>> frame = result.get_prediction(pd.DataFrame({"snp0021": [0, 2]})).summary_frame()
+        >>> print(frame.round(2))
+            mean  mean_se  mean_ci_lower  mean_ci_upper
+        0  11.55     1.53           8.56          14.54
+        1   5.75     1.59           2.63           8.86
+        """
+        from statsmodels.base._prediction_inference import (
+            PredictionResultsMean,
+            get_prediction_linear,
+        )
+        from statsmodels.genmod.families import links
+
+        if exog is None and self._data_removed:
+            raise ValueError("remove_data() dropped the design: pass exog to predict")
+        linear = get_prediction_linear(self, exog=exog, transform=transform,
+                                       row_labels=row_labels)  # fmt: skip
+        return PredictionResultsMean(
+            linear.predicted, linear.var_pred, df=self.df_resid, dist=linear.dist,
+            row_labels=linear.row_labels, linpred=linear, link=links.Identity(),
+        )  # fmt: skip
+
+    def remove_data(self) -> None:
+        """Drop the data arrays, the kinship and its eigenvectors, so the results
+        pickle in O(n) rather than O(n^2) memory.
+
+        Estimates, standard errors, tests, ``summary()`` and predictions from new
+        ``exog`` still work; what needs the data (``random_effects``,
+        ``fittedvalues``, ``resid``, ``blup``) raises an error that says so.
+        """
+        for name in (
+            "llf",
+            "aic",
+            "bic",
+            "bse",
+            "h2",
+            "bse_h2",
+            "bse_sigma2_a",
+            "bse_sigma2_e",
+            "cov_variance_components",
+            "tvalues",
+            "pvalues",
+        ):
+            getattr(self, name)  # fmt: skip
+        super().remove_data()
+        model = self.model
+        model.kinship = np.empty((0, 0))
+        spectrum = model.spectrum
+        model.spectrum = type(spectrum)(spectrum.eigenvalues, np.empty((0, 0)))
+        model.__dict__.pop("_lab_data", None)
+        for name in ("random_effects", "fittedvalues", "resid"):
+            self.__dict__.pop(name, None)
+        self._data_removed = True
+
+    def _check_data(self, what: str) -> None:
+        if self._data_removed:
+            raise ValueError(
+                f"{what} needs the data and the kinship's eigenvectors, which remove_data() "
+                "dropped; use a fit that kept them"
+            )
+
+    def summary2(
+        self,
+        yname: str | None = None,
+        xname: list[str] | None = None,
+        title: str | None = None,
+        alpha: float = 0.05,
+        float_format: str = "%.4f",
+    ) -> Any:
+        """The summary as statsmodels' ``summary2``: model information, the fixed
+        effects and the variance components (DataFrames inside)."""
+        from statsmodels.iolib import summary2
+
+        smry = summary2.Summary()
+        title = title or "Linear Mixed Model with Kinship Results"
+        smry.add_base(results=self, alpha=alpha, float_format=float_format, xname=xname,
+                      yname=yname, title=title)  # fmt: skip
+        components = pd.DataFrame(
+            {
+                "Estimate": [self.sigma2_a, self.sigma2_e, self.h2],
+                "Std.Err.": [self.bse_sigma2_a, self.bse_sigma2_e, self.bse_h2],
+            },
+            index=["sigma2_a (kinship)", "sigma2_e (residual)", "h2"],
+        )
+        smry.add_df(components, float_format=float_format)
+        return smry
+
+    @cached_property
     def random_effects(self) -> NDArray[np.float64]:
-        """Best linear unbiased prediction of ``a``: ``sigma2_a A V^-1 (y - X beta)``."""
+        """Best linear unbiased prediction of ``a``: ``sigma2_a A V^-1 (y - X beta)``
+        (:meth:`blup` adds their errors)."""
+        self._check_data("random_effects")
         fit_data, estimate = self._fit_data, self._estimate
         data = fit_data.rotated
         variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
@@ -248,11 +506,13 @@ class EMLMMResults(LikelihoodModelResults):
     @cached_property
     def fittedvalues(self) -> NDArray[np.float64]:
         """Conditional fitted values ``X beta + a_hat`` (as in ``MixedLM``)."""
+        self._check_data("fittedvalues")
         return self.model.exog @ self.params + self.random_effects
 
     @cached_property
     def resid(self) -> NDArray[np.float64]:
         """Conditional residuals ``y - X beta - a_hat``."""
+        self._check_data("resid")
         return self.model.endog - self.fittedvalues
 
     def plot_convergence(self, ax: Any = None) -> Any:

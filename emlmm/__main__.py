@@ -131,6 +131,8 @@ def _phenotype_and_covariates(
     from emlmm.io import read_covariates, read_phenotypes
 
     notes: list[str] = []
+    if args.pheno_col < 1:
+        raise ValueError(f"--pheno-col counts from 1 (GEMMA's -n), not {args.pheno_col}")
     if args.pheno is None:
         phenotype = plink.phenotype(args.pheno_col)
         notes.append(f"phenotype: column {args.pheno_col} of {plink.fam_path}")
@@ -144,7 +146,7 @@ def _phenotype_and_covariates(
         phenotype = phenotypes.iloc[:, args.pheno_col - 1]
         notes.append(f"phenotype: {phenotype.name!r}, column {args.pheno_col} of {args.pheno}")
     data = pd.DataFrame({"y": phenotype.to_numpy(dtype=float)}, index=plink.sample_ids)
-    if args.covar is None:
+    if getattr(args, "covar", None) is None:
         return data, ["1"], notes
     covariates = read_covariates(args.covar, plink.sample_ids)
     names = [f"c{j + 1}" for j in range(covariates.shape[1])]
@@ -237,15 +239,17 @@ def run_kinship(args: argparse.Namespace) -> int:
     with read_plink(args.bfile) as plink:
         analysed = None
         if args.pheno_col is not None or args.pheno is not None:
-            column = args.pheno_col or 1
-            if args.pheno is None:
-                phenotype = plink.phenotype(column)
-            else:
-                from emlmm.io import read_phenotypes
-
-                phenotype = read_phenotypes(args.pheno, plink.sample_ids).iloc[:, column - 1]
-            analysed = phenotype.index[phenotype.notna()]
-        matrix = kinship(plink, method=args.method, filter_individuals=analysed)
+            args.pheno_col = 1 if args.pheno_col is None else args.pheno_col
+            data, _, _ = _phenotype_and_covariates(args, plink)
+            analysed = data.index[data.notna().all(axis=1)]
+        matrix = kinship(
+            plink,
+            method=args.method,
+            min_maf=args.maf,
+            max_missing=args.miss,
+            filter_individuals=analysed,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "grm":
         write_grm(args.out, matrix, overwrite=args.overwrite)
     else:
@@ -404,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: on all individuals)",
     )
     relate.add_argument("--format", choices=["text", "grm"], default="text", help="output format")
+    relate.add_argument(
+        "--covar",
+        metavar="FILE",
+        help="covariate file, as for gwas: individuals missing a covariate are not analysed "
+        "(with --pheno-col, the SNPs are chosen on the others)",
+    )
+    relate.add_argument(
+        "--maf", type=float, default=0.01, help="GEMMA's -maf for the kinship's SNPs (0.01)"
+    )
+    relate.add_argument(
+        "--miss", type=float, default=0.05, help="GEMMA's -miss for the kinship's SNPs (0.05)"
+    )
     relate.add_argument("--overwrite", action="store_true", help="replace existing output")
     relate.add_argument(
         "--method",

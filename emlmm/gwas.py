@@ -132,6 +132,7 @@ class _SnpCounts:
     def __init__(self) -> None:
         self.positions: list[NDArray[np.intp]] = []
         self.filtered = dict.fromkeys(FILTER_REASONS, 0)
+        self.failed = self.unconverged = 0
 
     def add(self, reasons: NDArray[np.str_], positions: NDArray[np.intp]) -> None:
         self.positions.append(positions[reasons == ""])
@@ -545,9 +546,13 @@ class GenomeScan:
             else _distributed(client, chunks)
         )
         for chunk, table in results:
+            labelled = self._labelled(chunk, table)
             if counts is not None:
                 counts.add(chunk.reasons, self._order[chunk.first : chunk.stop])
-            yield self._labelled(chunk, table, format)
+                failed, unconverged = count_failures(labelled)
+                counts.failed += failed
+                counts.unconverged += unconverged
+            yield _gemma_table(labelled) if format == "gemma" else labelled.drop(columns="l_remle")
             if report is not None:
                 report(chunk.stop, self.n_snps)
 
@@ -572,15 +577,13 @@ class GenomeScan:
                     yield _Chunk(offset + first, offset + stop, reasons, scanner, block)
             offset += size
 
-    def _labelled(self, chunk: _Chunk, table: pd.DataFrame, format: TableFormat) -> pd.DataFrame:
-        """A chunk's statistics indexed by SNP id, with what is known of each SNP."""
+    def _labelled(self, chunk: _Chunk, table: pd.DataFrame) -> pd.DataFrame:
+        """A chunk's statistics indexed by SNP id, with what is known of each SNP (and
+        the scanner's extra column ``l_remle`` last)."""
         snps = self.snps.iloc[self._order[chunk.first : chunk.stop][chunk.reasons == ""]]
         known = [column for column in SNP_COLUMNS if column in snps.columns]
         table.index = snps.index
-        labelled = pd.concat([snps[known], table], axis=1)
-        if format == "gemma":
-            return _gemma_table(labelled)
-        return labelled[[*known, *COLUMNS]]
+        return pd.concat([snps[known], table], axis=1)[[*known, *COLUMNS, "l_remle"]]
 
     def run(
         self,
@@ -738,14 +741,9 @@ class GenomeScan:
         counts = _SnpCounts()
         start = self._position_after(found, counts, output) if found else 0
         output.continue_table()
-        failed = unconverged = 0
         for table in self._tables(start, client, progress, format, counts):
             output.append(table, format)
-            if format == "emlmm":
-                chunk_failed, chunk_unconverged = count_failures(table)
-            else:
-                chunk_failed, chunk_unconverged = int(table.p_lrt.eq("nan").sum()), 0
-            failed, unconverged = failed + chunk_failed, unconverged + chunk_unconverged
+        failed, unconverged = counts.failed, counts.unconverged
         self.snp_counts = counts.as_dict(self.n_snps)
         summary = ScanSummary(
             output.path, self.n_snps, len(found), failed, unconverged, self.snp_counts
@@ -934,6 +932,7 @@ class ScanOutput:
                 f"{found} exists; pass overwrite=True (--overwrite) to replace it, or "
                 "resume=True (--resume) to continue an interrupted run of the same scan"
             )
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # as GEMMA makes output/
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         descriptor = os.open(self.path, flags, 0o666)
         try:

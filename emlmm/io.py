@@ -402,8 +402,8 @@ class PlinkGenotypes:
                 )
             raise ValueError(
                 f"phenotype column {column} does not exist: {self.fam_path} holds {held} as "
-                "GEMMA's -n numbers them; read other phenotypes from a separate file with "
-                "read_phenotypes"
+                "GEMMA's -n numbers them; read other phenotypes from a phenotype file "
+                "(emlmm gwas --pheno FILE, or emlmm.read_phenotypes)"
             )
         index = int(column) - 1
         values = _to_numbers(

@@ -369,3 +369,23 @@ def test_logl_h1_is_the_textbook_ml_maximum(study, tmp_path):
         assert table.loc[snp, "p_lrt"] == pytest.approx(stats.chi2.sf(lrt, 1), rel=1e-5)
         ratio = table.loc[snp, "sigma2_a"] / table.loc[snp, "sigma2_e"]
         assert ratio == pytest.approx(fit.sigma2_a / fit.sigma2_e, rel=1e-3)
+
+
+def test_gemma_format_without_filters_is_not_a_failure(study, tmp_path):
+    prefix, folder, *_ = study
+    out = tmp_path / "new" / "folder" / "all.txt"  # folders are made, as GEMMA makes output/
+    assert main(gwas_args(prefix, folder, out, "--pheno-col", "2", "--format", "gemma",
+                          "--maf", "0", "--miss", "1")) == 0
+    assert len(out.read_text().splitlines()) == 1 + M
+
+
+def test_kinship_checks_its_phenotype_column(study, tmp_path):
+    prefix, folder, *_ = study
+    base = ["kinship", "--bfile", str(prefix), "--out", str(tmp_path / "k.txt")]
+    with pytest.raises(SystemExit, match=r"^emlmm: error: --pheno-col counts from 1"):
+        main([*base, "--pheno-col", "0"])
+    with pytest.raises(SystemExit, match=r"^emlmm: error: phenotype column 9 does not exist"):
+        main([*base, "--pheno", str(folder / "pheno.txt"), "--pheno-col", "9"])
+    with pytest.raises(SystemExit, match=r"--pheno FILE"):
+        main([*base, "--pheno-col", "7"])
+    assert main([*base, "--pheno-col", "2", "--maf", "0.2"]) == 0

@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import patsy
 from numpy.typing import ArrayLike, NDArray
 from statsmodels.base.model import LikelihoodModel
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 
-from emlmm import _em
+from emlmm import _components, _em
 from emlmm._data import (
     align_kinship,
     capture_namespace,
@@ -33,7 +34,7 @@ __all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "NullFit"]
 
 #: Keywords statsmodels' from_formula passes to a model's constructor.
 _STATSMODELS_KEYWORDS = frozenset(
-    {"missing_idx", "formula", "model_spec", "design_info", "hasconst"}
+    {"missing_idx", "formula", "model_spec", "design_info", "hasconst", "component_rows"}
 )
 
 #: The lab's start values of the variances (``fit(start_params="lab")``; beta starts at 0).
@@ -104,8 +105,11 @@ class EMLMM(LikelihoodModel):
         self,
         endog: ArrayLike,
         exog: ArrayLike,
-        kinship: ArrayLike | pd.DataFrame,
+        kinship: ArrayLike | pd.DataFrame | dict[str, Any],
         missing: str = "none",
+        *,
+        exog_vc: dict[str, Any] | None = None,
+        kinship_ids: ArrayLike | None = None,
         **kwargs: Any,
     ) -> None:
         if exog is None:
@@ -121,11 +125,25 @@ class EMLMM(LikelihoodModel):
                 "silently ignored"
             )
         missing_idx = kwargs.get("missing_idx")
+        n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
+        self.components: _ComponentSpec | None = None
+        if isinstance(kinship, dict) or exog_vc or kinship_ids is not None:
+            check_numeric("endog", endog)
+            check_numeric("exog", exog)
+            _check_complete_rows(endog, exog, missing)
+            index = endog.index if isinstance(endog, (pd.Series, pd.DataFrame)) else None
+            spec = _ComponentSpec.build(kinship, exog_vc, kinship_ids, n_rows, index)
+            super().__init__(
+                endog, exog, missing=missing, kinship=spec.first_kinship,
+                component_rows=np.arange(n_rows, dtype=float), **kwargs,
+            )  # fmt: skip
+            self.components = spec.for_rows(np.asarray(self.component_rows, dtype=np.intp))
+            self._initialise_components()
+            return
         if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
             kinship = align_kinship(kinship, endog.index)
         check_numeric("endog", endog)
         check_numeric("exog", exog)
-        n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
         _check_complete_rows(endog, exog, missing)
         kinship = check_kinship(kinship, n_rows)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
@@ -157,6 +175,113 @@ class EMLMM(LikelihoodModel):
                 "response with an intercept): there is no variance to model"
             )
 
+    def _initialise_components(self) -> None:
+        """Several variance components: eigendecompose the first kinship (without
+        ``kinship_ids``), and express every other component by its factor in that
+        eigenbasis (:mod:`emlmm._components`)."""
+        spec = self.components
+        assert spec is not None
+        if self.endog.ndim == 2 and self.endog.shape[1] == 1:
+            self.endog = self.endog[:, 0]
+        with np.errstate(over="ignore"):
+            exog_names = self.exog_names
+        check_design(self.endog, self.exog, exog_names)
+        n = self.endog.shape[0]
+        factors: list[NDArray[np.float64]] = []
+        dims: list[float] = []
+        spectral = spec.ids is None
+        if spectral:
+            self.kinship = spec.kinships[0][1]
+            self.spectrum = KinshipSpectrum.from_kinship(self.kinship)
+            dims.append(float(self.spectrum.rank))
+            others = [matrix for _, matrix in spec.kinships[1:]]
+        else:
+            self.kinship = None  # type: ignore[assignment]
+            self.spectrum = KinshipSpectrum(np.zeros(n), np.eye(n))
+            assert spec.ids is not None
+            lines = pd.Index(pd.unique(spec.ids))
+            incidence = (spec.ids[:, None] == lines.to_numpy()[None, :]).astype(np.float64)
+            others = []
+            for _, matrix in spec.kinships:
+                factor = incidence @ _factor(check_kinship(matrix.loc[lines, lines], len(lines)))
+                factors.append(factor)
+                dims.append(float(factor.shape[1]))
+        for matrix in others:
+            factors.append(_factor(matrix))
+            dims.append(float(factors[-1].shape[1]))
+        for name, design, _ in spec.groups:
+            used = np.any(design != 0, axis=0)
+            if not used.any():
+                raise ValueError(f"variance component {name!r} has no level among the rows")
+            factors.append(design[:, used])
+            dims.append(float(used.sum()))
+        dims.append(float(n))
+        fit_data = FitData.build(self.spectrum, self.endog, self.exog, reduce=False)
+        self._fit_data = fit_data
+        rotate = self.spectrum.eigenvectors.T if spectral else None
+        rotated = tuple(f if rotate is None else rotate @ f for f in factors)
+        self._component_data = _components.ComponentData(
+            fit_data.rotated.endog,
+            fit_data.rotated.exog,
+            self.spectrum.eigenvalues if spectral else None,
+            rotated,
+            np.array(dims),
+        )
+        self.component_names = [*spec.names, "residual"]
+
+    def _fit_components(
+        self,
+        start_params: ArrayLike | str | None,
+        method: FitMethod,
+        maxiter: int,
+        tol: float | None,
+        reml: bool,
+        disp: bool,
+        use_t: bool,
+    ) -> Any:
+        from emlmm.results import ComponentsResults, ComponentsResultsWrapper
+
+        if method == "lab":
+            raise ValueError(
+                "the lab's algorithm fits one kinship; with several variance components use "
+                "method='em' (the lab's EM, one update per component) or 'accelerated'"
+            )
+        maxiter = check_count("maxiter", maxiter)
+        reml = check_flag("reml", reml)
+        tol = _em.DEFAULT_TOLERANCE if tol is None else check_positive("tol", tol)
+        data = self._component_data
+        scale = self._fit_data.endog_scale**2
+        size = data.n_components
+        if start_params is None:
+            total = float(_em.ols_estimate(self._fit_data.rotated, reml).sigma2_e)
+            start = np.full(size, total / size)
+        else:
+            start = np.asarray(start_params, dtype=np.float64) / scale
+            if start.shape != (size,) or not np.all(start >= 0) or start[-1] <= 0:
+                raise ValueError(
+                    f"start_params must give the {size} variances "
+                    f"({', '.join(self.component_names)}), >= 0 with a positive residual"
+                )
+        offset = self._fit_data.llf_offset(reml)
+        fit = _components.fit(
+            data,
+            start,
+            reml=reml,
+            maxiter=maxiter,
+            tol=tol,
+            accelerate=method == "accelerated",
+            callback=(lambda k, value: _print_iteration(k, value + offset)) if disp else None,
+        )
+        if not fit.converged:
+            warnings.warn(
+                f"EM did not converge in {maxiter} iterations; raise maxiter",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return ComponentsResultsWrapper(
+            ComponentsResults(self, fit, reml=reml, method=method, use_t=use_t)
+        )
+
     @cached_property
     def _lab_data(self) -> FitData:
         """The data for the lab's algorithm: scaled and rotated, never reduced (the
@@ -170,10 +295,12 @@ class EMLMM(LikelihoodModel):
         cls,
         formula: str,
         data: pd.DataFrame,
-        kinship: ArrayLike | pd.DataFrame,
+        kinship: ArrayLike | pd.DataFrame | dict[str, Any],
         subset: Any = None,
         drop_cols: Any = None,
         *args: Any,
+        vc_formula: dict[str, str] | None = None,
+        kinship_ids: str | None = None,
         **kwargs: Any,
     ) -> EMLMM:
         """Create a model from a formula and a DataFrame.
@@ -187,10 +314,20 @@ class EMLMM(LikelihoodModel):
         kinship : array_like or pandas.DataFrame
             The kinship, in the order of ``data``'s rows, or a DataFrame labelled
             by ``data.index`` (aligned by label).
+            A dict of kinships (``{"additive": A, "dominance": D}``) fits one
+            variance per kinship.
         subset, drop_cols, *args, **kwargs
             As for :meth:`statsmodels.base.model.Model.from_formula`. Rows with
             missing values are dropped (``missing="drop"``), together with the
             matching rows and columns of the kinship.
+        vc_formula : dict of str, optional
+            Extra variance components, as in statsmodels' ``MixedLM``: each formula
+            (e.g. ``{"cage": "0 + C(cage)"}``) gives a design whose columns are iid
+            random effects with a variance of their own.
+        kinship_ids : str, optional
+            A column of ``data`` naming each row's individual (line) in the kinship(s),
+            which are then DataFrames labelled by those ids: ``V = sigma2_a Z A Z' +
+            ...`` for replicated lines, without expanding A to the rows.
 
         Returns
         -------
@@ -200,7 +337,9 @@ class EMLMM(LikelihoodModel):
         data = pd.DataFrame(data) if isinstance(data, dict) else data
         if subset is not None:
             data = data.loc[subset]
-        kinship = align_kinship(kinship, data.index)
+        several = isinstance(kinship, dict) or bool(vc_formula) or kinship_ids is not None
+        if not several:
+            kinship = align_kinship(kinship, data.index)
         # As in statsmodels, eval_env=0 (the default) is the caller's namespace. It is
         # captured here, once, and handed down as values.
         eval_env = kwargs.pop("eval_env", None)
@@ -209,6 +348,25 @@ class EMLMM(LikelihoodModel):
         if isinstance(eval_env, (int, np.integer)) and eval_env >= 0:
             eval_env = capture_namespace(int(eval_env))
         kwargs["eval_env"] = eval_env
+        if several:
+            namespace = (
+                patsy.EvalEnvironment([eval_env]) if isinstance(eval_env, dict) else eval_env
+            )
+            if vc_formula:
+                kwargs["exog_vc"] = {
+                    name: patsy.dmatrix(
+                        term,
+                        data,
+                        eval_env=namespace,
+                        NA_action="raise",
+                        return_type="dataframe",
+                    )
+                    for name, term in vc_formula.items()
+                }
+            if kinship_ids is not None:
+                if kinship_ids not in data.columns:
+                    raise ValueError(f"kinship_ids={kinship_ids!r} is not a column of data")
+                kwargs["kinship_ids"] = data[kinship_ids].to_numpy()
         return super().from_formula(
             formula, data, None, drop_cols, *args, kinship=kinship, **kwargs
         )
@@ -330,6 +488,8 @@ class EMLMM(LikelihoodModel):
         if kwargs:
             raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
         check_choice("method", method, ("accelerated", "em", "lab"))
+        if self.components is not None:
+            return self._fit_components(start_params, method, maxiter, tol, reml, disp, use_t)
         trace, data = self._fit_trace(start_params, method, maxiter, tol, reml, disp)
         results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
         return EMLMMResultsWrapper(results)
@@ -459,3 +619,103 @@ def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:
 
 def _print_iteration(iteration: int, llf: float) -> None:
     print(f"iteration = {iteration}, loglikelihood = {llf:.3f}")
+
+
+@dataclass(frozen=True)
+class _ComponentSpec:
+    """The variance components of a model with more than one: kinships (the first is
+    diagonalised; with ``ids``, kinships of the ids, labelled) and grouped effects
+    (one design matrix each, a column per level), for the input's rows."""
+
+    kinships: tuple[tuple[str, Any], ...]
+    groups: tuple[tuple[str, NDArray[np.float64], tuple[str, ...]], ...]
+    ids: NDArray[Any] | None
+
+    @classmethod
+    def build(
+        cls,
+        kinship: Any,
+        exog_vc: dict[str, Any] | None,
+        kinship_ids: ArrayLike | None,
+        n_rows: int,
+        index: pd.Index | None,
+    ) -> _ComponentSpec:
+        named = dict(kinship) if isinstance(kinship, dict) else {"kinship": kinship}
+        if not named:
+            raise ValueError("kinship must hold at least one matrix")
+        ids = None
+        kinships: list[tuple[str, Any]] = []
+        if kinship_ids is not None:
+            ids = np.asarray(kinship_ids, dtype=object)
+            if ids.shape != (n_rows,):
+                raise ValueError(
+                    f"kinship_ids must give one id per row ({n_rows}); got shape {ids.shape}"
+                )
+            if pd.isna(ids).any():
+                raise ValueError("kinship_ids has missing values: drop those rows first")
+            for name, matrix in named.items():
+                if not isinstance(matrix, pd.DataFrame):
+                    raise TypeError(
+                        f"with kinship_ids, kinship {name!r} must be a DataFrame labelled by "
+                        "those ids"
+                    )
+                absent = pd.Index(pd.unique(ids)).difference(matrix.index)
+                if len(absent):
+                    raise ValueError(
+                        f"{len(absent)} ids of kinship_ids have no row in kinship {name!r}: "
+                        f"{', '.join(map(repr, list(absent)[:5]))}"
+                    )
+                kinships.append((str(name), matrix))
+        else:
+            for name, matrix in named.items():
+                if index is not None:
+                    matrix = align_kinship(matrix, index)
+                kinships.append((str(name), check_kinship(matrix, n_rows)))
+        groups = []
+        for name, design in (exog_vc or {}).items():
+            labels = (
+                tuple(map(str, design.columns))
+                if isinstance(design, pd.DataFrame)
+                else tuple(f"{name}[{j}]" for j in range(np.shape(design)[1]))
+            )
+            values = np.asarray(design, dtype=np.float64)
+            if values.ndim != 2 or values.shape[0] != n_rows:
+                raise ValueError(
+                    f"the design of variance component {name!r} must have one row per "
+                    f"observation ({n_rows}); got shape {values.shape}"
+                )
+            if not np.isfinite(values).all():
+                raise ValueError(f"the design of variance component {name!r} has NaN or inf")
+            groups.append((str(name), values, labels))
+        names = [name for name, _ in kinships] + [name for name, _, _ in groups]
+        if len(set(names)) != len(names) or "residual" in names:
+            raise ValueError(
+                f"variance components need distinct names other than 'residual': {names}"
+            )
+        return cls(tuple(kinships), tuple(groups), ids)
+
+    @property
+    def first_kinship(self) -> Any:
+        """The kinship statsmodels carries along (and subsets by row and column)."""
+        return self.kinships[0][1] if self.ids is None else None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.kinships] + [name for name, _, _ in self.groups]
+
+    def for_rows(self, rows: NDArray[np.intp]) -> _ComponentSpec:
+        """The components of the rows kept (missing values dropped)."""
+        kinships = tuple(
+            (name, matrix if self.ids is not None else matrix[np.ix_(rows, rows)])
+            for name, matrix in self.kinships
+        )
+        groups = tuple((name, design[rows], labels) for name, design, labels in self.groups)
+        return _ComponentSpec(kinships, groups, None if self.ids is None else self.ids[rows])
+
+
+def _factor(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``Q L^{1/2}`` with ``A = Q L Q'`` (the eigenvalues within round-off of zero left
+    out): ``A = F F'`` with as many columns as A's rank."""
+    spectrum = KinshipSpectrum.from_kinship(matrix)
+    positive = spectrum.eigenvalues > 0
+    return spectrum.eigenvectors[:, positive] * np.sqrt(spectrum.eigenvalues[positive])

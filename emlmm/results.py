@@ -15,13 +15,18 @@ from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrap
 from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 
-from emlmm import _blup, _em
+from emlmm import _blup, _components, _em
 
 if TYPE_CHECKING:
     from emlmm._design import FitData
     from emlmm.model import EMLMM
 
-__all__ = ["EMLMMResults", "EMLMMResultsWrapper", "LikelihoodRatioTest"]
+__all__ = [
+    "ComponentsResults",
+    "EMLMMResults",
+    "EMLMMResultsWrapper",
+    "LikelihoodRatioTest",
+]
 
 
 @dataclass(frozen=True)
@@ -684,3 +689,167 @@ class EMLMMResultsWrapper(LikelihoodResultsWrapper):
 
 
 wrap.populate_wrapper(EMLMMResultsWrapper, EMLMMResults)
+
+
+class ComponentsResults(LikelihoodModelResults):
+    """Results of :meth:`emlmm.EMLMM.fit` for a model with several variance components
+    (several kinships, ``vc_formula``, or ``kinship_ids``).
+
+    ``params``, ``bse``, ``conf_int``, ``t_test`` refer to the fixed effects, with
+    covariance ``(X' V^-1 X)^-1`` at the estimated variances.
+
+    Attributes
+    ----------
+    variance_components : pandas.Series
+        Each component's variance, named as given, the residual last.
+    bse_variance_components : pandas.Series
+        Their standard errors, from the inverse expected information.
+    shares : pandas.Series
+        Each component's share of the phenotypic variance, ``sigma2_k m_k / sum_j
+        sigma2_j m_j`` with ``m_k`` the mean diagonal of its covariance ``G_k``
+        (``h2`` for a kinship alone).
+    llf, n_iter, converged, reml, method, mle_retvals, llf_history
+        As for :class:`EMLMMResults`.
+    """
+
+    model: EMLMM
+
+    def __init__(
+        self, model: EMLMM, fit: Any, *, reml: bool, method: str, use_t: bool = False
+    ) -> None:
+        fit_data = model._fit_data
+        data = model._component_data
+        self._fit = fit
+        self._evaluation = _components.Evaluation(data, fit.theta)
+        params = fit_data.coefficients(fit.beta)
+        scales = fit_data.coefficient_scales
+        cov_beta = fit_data.coefficient_covariance(fit.cov_beta, 0.0)
+        with np.errstate(over="ignore"):
+            cov_beta = cov_beta * scales[:, None] * scales[None, :]
+        super().__init__(model, params, normalized_cov_params=cov_beta, scale=1.0)
+        self.use_t = use_t
+        self.nobs, self.df_model, self.df_resid = model.nobs, model.df_model, model.df_resid
+        self.reml, self.method = reml, method
+        self.n_iter, self.converged = int(fit.n_iter), bool(fit.converged)
+        offset = fit_data.llf_offset(reml)
+        self.llf_history = np.asarray(fit.llf_history) + offset
+        self._llf = float(fit.llf + offset)
+        names = model.component_names
+        variances = fit_data.variances_to_user(fit.theta)
+        self.variance_components = pd.Series(variances, index=names, name="variance")
+        information = _components.expected_information(self._evaluation, reml)
+        with np.errstate(invalid="ignore"):
+            free = fit.theta > 0
+            errors = np.full(len(names), np.nan)
+            errors[free] = np.sqrt(np.diag(np.linalg.inv(information[np.ix_(free, free)])))
+        self.bse_variance_components = pd.Series(
+            fit_data.variances_to_user(errors), index=names, name="std err"
+        )
+        diagonals = [
+            float(data.eigenvalues.mean()) if data.eigenvalues is not None and k == 0
+            else 1.0 if k == len(names) - 1
+            else float((data.factors[k - (data.eigenvalues is not None)] ** 2).sum() / data.nobs)
+            for k in range(len(names))
+        ]  # fmt: skip
+        weighted = fit.theta * np.array(diagonals)
+        self.shares = pd.Series(weighted / weighted.sum(), index=names, name="share")
+        history = self.llf_history
+        self.mle_retvals = {
+            "converged": self.converged,
+            "iterations": self.n_iter,
+            "method": method,
+            "reml": reml,
+            "final_gain": float(history[-1] - history[-2]) if len(history) > 1 else np.nan,
+        }
+
+    @cached_property
+    def llf(self) -> float:
+        """Log-likelihood at the estimates (restricted log-likelihood for REML)."""
+        return self._llf
+
+    @cached_property
+    def random_effects(self) -> dict[str, pd.Series]:
+        """Each component's BLUP, one value per row: ``sigma2_k G_k V^-1 r``."""
+        evaluation, model = self._evaluation, self.model
+        projected = evaluation.gls[3]
+        scale = model._fit_data.endog_scale
+        labels = pd.Index(model.data.row_labels)
+        effects = {}
+        for k, name in enumerate(model.component_names[:-1]):
+            rotated = evaluation.theta[k] * evaluation.derivative(k, projected)
+            values = model.spectrum.eigenvectors @ rotated
+            effects[name] = pd.Series(scale * values, index=labels, name=name)
+        return effects
+
+    def compare_lr_test(self, restricted: Any) -> tuple[float, float, int]:
+        """Likelihood-ratio test against a nested fit: fewer variance components
+        (an :class:`EMLMMResults` with the first kinship alone, or a fit of fewer
+        components) and/or fewer fixed effects.
+
+        When one variance component is tested at 0 with the same fixed effects, the
+        statistic's null distribution is the 50:50 mixture of chi2(0) and chi2(1)
+        (Self and Liang, 1987): the p-value is half chi2(1)'s. Otherwise chi2 with the
+        difference in parameters.
+
+        Returns
+        -------
+        lr_stat, p_value, df_diff
+        """
+        other = getattr(restricted, "_results", restricted)
+        if other.reml != self.reml:
+            raise ValueError("compare two ML fits, or two REML fits, not one of each")
+        if not np.allclose(other.model.endog, self.model.endog):
+            raise ValueError("the two fits use different responses (or different rows)")
+        size = lambda fit: len(getattr(fit, "variance_components", [0, 0]))  # noqa: E731
+        df_variance = size(self) - size(other)
+        df_fixed = self.model.k_exog - other.model.k_exog
+        if self.reml and df_fixed != 0:
+            raise ValueError("REML fits with different fixed effects cannot be compared")
+        if df_variance < 0 or df_fixed < 0 or df_variance + df_fixed == 0:
+            raise ValueError(
+                "the restricted fit must have fewer parameters; call this on the larger"
+            )
+        statistic = max(2.0 * (self.llf - other.llf), 0.0)
+        df = df_variance + df_fixed
+        pvalue = float(stats.chi2.sf(statistic, df))
+        if df_variance == 1 and df_fixed == 0:
+            pvalue = 1.0 if statistic == 0.0 else 0.5 * pvalue
+        return statistic, pvalue, df
+
+    def summary(
+        self, yname: str | None = None, xname: list[str] | None = None, alpha: float = 0.05
+    ) -> Summary:
+        """Fixed-effects table and variance components, in statsmodels' style."""
+        algorithm = "EM+AI" if self.method == "accelerated" else "EM"
+        smry = Summary()
+        smry.add_table_2cols(
+            self,
+            gleft=[("Dep. Variable:", None), ("Model:", ["EMLMM"]),
+                   ("Method:", [f"{'REML' if self.reml else 'ML'} ({algorithm})"]),
+                   ("No. Observations:", None)],
+            gright=[("Log-Likelihood:", [f"{self.llf:#.6g}"]),
+                    ("Iterations:", [str(self.n_iter)]),
+                    ("Converged:", ["Yes" if self.converged else "No"]),
+                    ("Df Residuals:", None)],
+            yname=yname, xname=xname, title="Linear Mixed Model with Variance Components",
+        )  # fmt: skip
+        smry.add_table_params(self, yname=yname, xname=xname, alpha=alpha, use_t=self.use_t)
+        rows = zip(self.variance_components.index, self.variance_components,
+                   self.bse_variance_components, self.shares, strict=True)  # fmt: skip
+        table = [[f"{v:#.6g}", f"{e:#.4g}", f"{s:.4f}"] for _, v, e, s in rows]
+        smry.tables.append(
+            SimpleTable(
+                table,
+                headers=["Variance", "std err", "share"],
+                stubs=list(self.variance_components.index),
+                title="",
+            )
+        )
+        return smry
+
+
+class ComponentsResultsWrapper(LikelihoodResultsWrapper):
+    """Labels params by the design's columns."""
+
+
+wrap.populate_wrapper(ComponentsResultsWrapper, ComponentsResults)

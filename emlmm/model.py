@@ -120,9 +120,9 @@ class EMLMM(LikelihoodModel):
         unknown = sorted(set(kwargs) - _STATSMODELS_KEYWORDS)
         if unknown:
             raise TypeError(
-                f"EMLMM got unexpected keyword arguments {unknown}: weights, offsets and extra "
-                "variance components (vc_formula) are not supported, and nothing is "
-                "silently ignored"
+                f"EMLMM got unexpected keyword arguments {unknown}: weights and offsets are "
+                "not supported (extra variance components are given by vc_formula, "
+                "several kinships by a dict), and nothing is silently ignored"
             )
         missing_idx = kwargs.get("missing_idx")
         n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from emlmm import _em, _scan
+from emlmm import _components, _em, _scan
 from emlmm._data import (
     _preview,
     capture_namespace,
@@ -52,7 +52,7 @@ from emlmm.genotypes import (
     default_chunk_size,
 )
 from emlmm.kinship import kinship_sum
-from emlmm.model import EMLMM, NullFit
+from emlmm.model import EMLMM, ComponentsNullFit, NullFit
 
 __all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]
 
@@ -214,6 +214,13 @@ class GenomeScan:
         Hardy-Weinberg p-value below ``hwe`` (default: no HWE filter) are left out of
         the tables and counted in ``snp_counts``. ``min_maf=0, max_missing=1``
         tests every SNP.
+    vc_formula : dict of str, optional
+        Extra variance components beside the kinship, as for
+        :meth:`emlmm.EMLMM.from_formula` (``kinship`` may then also be a dict of
+        several kinships). ``method="fixed"`` keeps V at the null model's REML
+        estimates and costs what a one-kinship fixed scan costs; ``method="exact"``
+        re-estimates every component for every SNP, one SNP at a time (much slower:
+        for refining the top SNPs).
     eval_env : int or dict
         The namespace the formula's names are looked up in besides ``data``: 0 (the
         default) is the caller's, 1 its caller's, and so on; or the names themselves,
@@ -298,6 +305,7 @@ class GenomeScan:
         min_maf: float = 0.01,
         max_missing: float = 0.05,
         hwe: float | None = None,
+        vc_formula: dict[str, str] | None = None,
         eval_env: int | dict[str, Any] | patsy.EvalEnvironment = 0,
     ) -> None:
         check_formula_inputs(formula, data)
@@ -308,6 +316,7 @@ class GenomeScan:
         self.tol = check_positive("tol", tol)
         self.loco = check_flag("loco", loco)
         self.snp_filter = SnpFilter(min_maf, max_missing, hwe)
+        self.vc_formula = dict(vc_formula) if vc_formula else None
         self.snp_counts: dict[str, int] | None = None
         if chunk_size is not None:
             chunk_size = check_count("chunk_size", chunk_size)
@@ -422,7 +431,11 @@ class GenomeScan:
 
     def _null_model(self, kinship: Any) -> EMLMM:
         return EMLMM.from_formula(
-            self._null_formula, data=self._data, kinship=kinship, eval_env=self._eval_env
+            self._null_formula,
+            data=self._data,
+            kinship=kinship,
+            vc_formula=self.vc_formula,
+            eval_env=self._eval_env,
         )
 
     def _scanner(self, number: int) -> tuple[_Scanner, Genotypes]:
@@ -440,8 +453,12 @@ class GenomeScan:
         else:
             assert self.null_model is not None
             model, genotypes = self.null_model, part.genotypes
-        scanner = _Scanner(model.fit_for_scan(self.maxiter, self.tol), self.method,
-                           self.maxiter, self.tol)  # fmt: skip
+        null = model.fit_for_scan(self.maxiter, self.tol)
+        scanner = (
+            _ComponentScanner(null, self.method, self.maxiter, self.tol)
+            if isinstance(null, ComponentsNullFit)
+            else _Scanner(null, self.method, self.maxiter, self.tol)
+        )
         label = "all" if part.label is None else f"chromosome {part.label}"
         if label not in self.null_estimates:
             self.null_estimates[label] = _null_estimates(model, self.maxiter, self.tol)
@@ -812,14 +829,19 @@ def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
         ("REML", model.fit(reml=True, maxiter=maxiter, tol=tol)),
         ("ML", model.fit(maxiter=maxiter, tol=tol)),
     ):
-        row = {
-            "sigma2_a": result.sigma2_a,
-            "sigma2_e": result.sigma2_e,
-            "lambda": result.sigma2_a / result.sigma2_e if result.sigma2_e > 0 else np.inf,
-            "pve": result.h2,
-            "se_pve": result.bse_h2,
-            "llf": result.llf,
-        }
+        if hasattr(result, "variance_components"):  # several components
+            row = {f"sigma2[{name}]": value for name, value in result.variance_components.items()}
+            row.update({f"share[{name}]": value for name, value in result.shares.items()})
+            row["llf"] = result.llf
+        else:
+            row = {
+                "sigma2_a": result.sigma2_a,
+                "sigma2_e": result.sigma2_e,
+                "lambda": result.sigma2_a / result.sigma2_e if result.sigma2_e > 0 else np.inf,
+                "pve": result.h2,
+                "se_pve": result.bse_h2,
+                "llf": result.llf,
+            }
         for term, value, error in zip(result.params.index, result.params, result.bse, strict=True):
             row[f"beta[{term}]"], row[f"se[{term}]"] = value, error
         rows[name] = row
@@ -1101,6 +1123,7 @@ def gwas(
     min_maf: float = 0.01,
     max_missing: float = 0.05,
     hwe: float | None = None,
+    vc_formula: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
@@ -1111,6 +1134,8 @@ def gwas(
     ----------
     formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, loco, chromosomes
         As for :class:`GenomeScan`.
+    vc_formula
+        Extra variance components, as for :class:`GenomeScan`.
     min_maf, max_missing, hwe
         GEMMA's SNP filters, as for :class:`GenomeScan` (on by default, as in GEMMA:
         ``min_maf=0, max_missing=1`` tests every SNP).
@@ -1160,6 +1185,7 @@ def gwas(
         min_maf=min_maf,
         max_missing=max_missing,
         hwe=hwe,
+        vc_formula=vc_formula,
         eval_env=capture_namespace(),
     )
     return scan.run(client=client, progress=progress)
@@ -1464,6 +1490,109 @@ class _Scanner:
             trace.n_iter,
             trace.converged,
         )
+
+
+class _ComponentScanner(_Scanner):
+    """Per-chunk statistics given a null model with several variance components.
+
+    ``"fixed"``: V at the null's REML variances, applied by Woodbury's identity, so a
+    chunk costs ``O(n L k)`` (``L`` the grouped levels): GLS, Wald and LR tests with V
+    fixed. ``"exact"``: every variance re-estimated per SNP, by ML (the LR test) and
+    REML (the Wald test), one SNP at a time: slower, for refining top SNPs.
+    """
+
+    def __init__(self, null: ComponentsNullFit, method: ScanMethod, maxiter: int, tol: float):
+        self.method, self.maxiter, self.tol = method, maxiter, tol
+        self.fit_data = null.data
+        self.eigenvectors = null.eigenvectors
+        self.null_data = null.data.rotated
+        self.components = null.components
+        self.ml_theta, self.reml_theta = null.ml, null.reml
+        self.fixed = _components.Evaluation(self.components, null.reml)
+        self.null_fixed_llf = self.fixed.criterion(reml=False)
+        self.at_ml = _components.Evaluation(self.components, null.ml)
+        self.null_llf = self.at_ml.criterion(reml=False)
+
+    def _statistics(self, rotated: NDArray[np.float64]) -> dict[str, NDArray[Any]]:
+        snps = rotated.T  # n x k
+        k = snps.shape[1]
+        n, p = self.components.nobs, self.components.k_exog + 1
+        result: dict[str, NDArray[Any]] = {"p_score": self._score_pvalues(snps)}
+        if self.method == "fixed":
+            beta, variance = self._fixed_gls(snps)
+            wald = beta**2 / variance
+            llf = self.null_fixed_llf + 0.5 * wald  # V fixed: the LR statistic is Wald's
+            theta = self.reml_theta
+            result.update(
+                sigma2_a=np.full(k, theta[0]), sigma2_e=np.full(k, theta[-1]),
+                n_iter=np.zeros(k, int), converged=np.ones(k, bool),
+                l_remle=np.full(k, theta[0] / theta[-1]),
+            )  # fmt: skip
+        else:
+            columns: dict[str, list[Any]] = {name: [] for name in (
+                "beta", "variance", "llf", "sigma2_a", "sigma2_e", "n_iter", "converged",
+                "l_remle")}  # fmt: skip
+            for j in range(k):
+                data = replace(self.components, exog=np.column_stack([
+                    self.components.exog, snps[:, j]]))  # fmt: skip
+                ml = _components.fit(data, self.ml_theta, reml=False, maxiter=self.maxiter,
+                                     tol=self.tol, accelerate=True)  # fmt: skip
+                reml = _components.fit(data, self.reml_theta, reml=True, maxiter=self.maxiter,
+                                       tol=self.tol, accelerate=True)  # fmt: skip
+                values = (reml.beta[-1], reml.cov_beta[-1, -1], ml.llf, ml.theta[0],
+                          ml.theta[-1], ml.n_iter, ml.converged and reml.converged,
+                          reml.theta[0] / reml.theta[-1])  # fmt: skip
+                for name, value in zip(columns, values, strict=True):
+                    columns[name].append(value)
+            beta, variance = np.array(columns["beta"]), np.array(columns["variance"])
+            llf = np.array(columns["llf"])
+            result.update(
+                sigma2_a=np.array(columns["sigma2_a"]), sigma2_e=np.array(columns["sigma2_e"]),
+                n_iter=np.array(columns["n_iter"]), converged=np.array(columns["converged"]),
+                l_remle=np.array(columns["l_remle"]),
+            )  # fmt: skip
+        lrt = np.maximum(2.0 * (llf - (self.null_fixed_llf if self.method == "fixed"
+                                        else self.null_llf)), 0.0)  # fmt: skip
+        se = np.sqrt(variance)
+        fit_data = self.fit_data
+        result.update(
+            beta=fit_data.endog_scale * beta,
+            se=fit_data.endog_scale * se,
+            p_wald=stats.f.sf((beta / se) ** 2, 1, n - p),
+            llf=llf + fit_data.llf_offset(reml=False),
+            lrt=lrt,
+            p_lrt=stats.chi2.sf(lrt, 1),
+            sigma2_a=fit_data.variances_to_user(result["sigma2_a"]),
+            sigma2_e=fit_data.variances_to_user(result["sigma2_e"]),
+        )
+        return result
+
+    def _fixed_gls(self, snps: NDArray[np.float64]) -> tuple[NDArray[Any], NDArray[Any]]:
+        """Each SNP's GLS coefficient and its variance, V at the null's REML variances."""
+        evaluation, data = self.fixed, self.components
+        solved = evaluation.solve(snps)  # V^-1 g
+        solved_exog = evaluation.gls[2]
+        information = data.exog.T @ solved_exog  # X'V^-1 X
+        cross = data.exog.T @ solved  # X'V^-1 g
+        own = np.einsum("ij,ij->j", snps, solved)  # g'V^-1 g
+        response = data.endog @ solved  # y'V^-1 g
+        explained = np.linalg.solve(
+            information, np.column_stack([cross, solved_exog.T @ data.endog])
+        )
+        schur = own - np.einsum("ij,ij->j", cross, explained[:, :-1])
+        beta = (response - cross.T @ explained[:, -1]) / schur
+        return beta, 1.0 / schur
+
+    def _score_pvalues(self, snps: NDArray[np.float64]) -> NDArray[np.float64]:
+        """GEMMA's score test at the null's ML variances."""
+        evaluation, data = self.at_ml, self.components
+        projected_y = evaluation.project(data.endog)
+        projected = evaluation.project(snps)
+        p_xy = snps.T @ projected_y
+        p_xx = np.einsum("ij,ij->j", snps, projected)
+        rss = float(data.endog @ projected_y)
+        statistic = data.nobs * p_xy**2 / (rss * p_xx)
+        return stats.f.sf(statistic, 1, data.nobs - data.k_exog - 1)
 
 
 @dataclass(frozen=True)

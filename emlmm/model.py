@@ -30,7 +30,7 @@ from emlmm._data import (
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 
-__all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "NullFit"]
+__all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "ComponentsNullFit", "NullFit"]
 
 #: Keywords statsmodels' from_formula passes to a model's constructor.
 _STATSMODELS_KEYWORDS = frozenset(
@@ -494,7 +494,9 @@ class EMLMM(LikelihoodModel):
         results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
         return EMLMMResultsWrapper(results)
 
-    def fit_for_scan(self, maxiter: int = 10_000, tol: float = _em.DEFAULT_TOLERANCE) -> NullFit:
+    def fit_for_scan(
+        self, maxiter: int = 10_000, tol: float = _em.DEFAULT_TOLERANCE
+    ) -> NullFit | ComponentsNullFit:
         """Fit this model as a scan's null model: the values a genome scan needs.
 
         A scan (:class:`emlmm.GenomeScan`) tests each SNP against this model. It needs
@@ -508,7 +510,8 @@ class EMLMM(LikelihoodModel):
 
         Returns
         -------
-        NullFit
+        NullFit or ComponentsNullFit
+            The latter for a model with several variance components.
 
         Examples
         --------
@@ -520,6 +523,17 @@ class EMLMM(LikelihoodModel):
         >>> bool(null.ml.sigma2_a == model.fit().sigma2_a / null.data.endog_scale**2)
         True
         """
+        if self.components is not None:
+            fits = [
+                self._fit_components(None, "accelerated", maxiter, tol, reml, False, False)
+                for reml in (False, True)
+            ]
+            scale = self._fit_data.endog_scale**2
+            ml_theta, reml_theta = (fit.variance_components.to_numpy() / scale for fit in fits)
+            return ComponentsNullFit(
+                self._fit_data, self._component_data, self.spectrum.eigenvectors,
+                ml_theta, reml_theta,
+            )  # fmt: skip
         ml, data = self._fit_trace(None, "accelerated", maxiter, tol, False, False)
         reml, _ = self._fit_trace(None, "accelerated", maxiter, tol, True, False)
         return NullFit(data, self.spectrum.eigenvectors[:, data.kept], ml.estimate, reml.estimate)
@@ -619,6 +633,30 @@ def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:
 
 def _print_iteration(iteration: int, llf: float) -> None:
     print(f"iteration = {iteration}, loglikelihood = {llf:.3f}")
+
+
+@dataclass(frozen=True)
+class ComponentsNullFit:
+    """A fitted null model with several variance components, as the values a genome
+    scan needs (from :meth:`emlmm.EMLMM.fit_for_scan`).
+
+    Attributes
+    ----------
+    data : emlmm._design.FitData
+        The scaled, rotated null data (its maps back to the user's units).
+    components : emlmm._components.ComponentData
+        The components' structure in the same coordinates.
+    eigenvectors : ndarray of shape (n, n)
+        The rotation: a SNP's rotated genotypes are ``g @ eigenvectors``.
+    ml, reml : ndarray
+        The variances at the ML and REML maxima (scaled units), the residual last.
+    """
+
+    data: FitData
+    components: _components.ComponentData
+    eigenvectors: NDArray[np.float64]
+    ml: NDArray[np.float64]
+    reml: NDArray[np.float64]
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,54 @@ def test_bad_components_are_named(mice):
         EMLMM.from_formula("y ~ 1", data, kinship=kinship, kinship_ids="nope")
     with pytest.raises(TypeError, match="labelled by those ids"):
         EMLMM.from_formula("y ~ 1", data, kinship=kinship.to_numpy(), kinship_ids="litter")
+
+
+@pytest.fixture(scope="module")
+def caged_scan():
+    rng = np.random.default_rng(31)
+    n, m = 160, 12
+    kinship = dense.random_genotype_kinship(rng, n, 300)
+    genotypes = rng.binomial(2, 0.35, size=(n, m)).astype(float)
+    cage = rng.integers(0, 12, size=n)
+    y = (0.7 * genotypes[:, 2] + np.linalg.cholesky(kinship + 1e-9 * np.eye(n))
+         @ rng.normal(size=n) + 0.9 * rng.normal(size=12)[cage] + rng.normal(size=n))
+    data = pd.DataFrame({"y": y, "cage": cage})
+    snps = pd.DataFrame(genotypes, columns=[f"rs{j}" for j in range(m)])
+    return data, snps, kinship
+
+
+def test_a_fixed_scan_with_a_cage_effect_is_a_one_kinship_scan_on_the_same_v(caged_scan):
+    from emlmm import gwas
+
+    data, snps, kinship = caged_scan
+    vc = {"cage": "0 + C(cage)"}
+    ours = gwas("y ~ 1 + snp", data, snps, kinship, method="fixed", vc_formula=vc)
+    null = EMLMM.from_formula("y ~ 1", data, kinship=kinship, vc_formula=vc).fit(reml=True)
+    t_a, t_c, _ = null.variance_components
+    cage = (data.cage.to_numpy()[:, None] == np.arange(12)[None, :]).astype(float)
+    combined = kinship + (t_c / t_a) * cage @ cage.T  # V = t_a * combined + t_e I
+    reference = gwas("y ~ 1 + snp", data, snps, combined, method="fixed")
+    for column in ("beta", "se", "p_wald", "lrt", "p_lrt"):
+        np.testing.assert_allclose(ours[column], reference[column], rtol=1e-5, err_msg=column)
+    assert ours.p_lrt.idxmin() == "rs2"
+
+
+def test_an_exact_scan_with_a_cage_effect_equals_separate_fits(caged_scan):
+    from scipy import stats
+
+    from emlmm import gwas
+
+    data, snps, kinship = caged_scan
+    vc = {"cage": "0 + C(cage)"}
+    table = gwas("y ~ 1 + snp", data, snps.iloc[:, :4], kinship, vc_formula=vc)
+    null = EMLMM.from_formula("y ~ 1", data, kinship=kinship, vc_formula=vc).fit()
+    for snp in table.index:
+        frame = data.assign(g=snps[snp])
+        ml = EMLMM.from_formula("y ~ 1 + g", frame, kinship=kinship, vc_formula=vc).fit()
+        reml = EMLMM.from_formula("y ~ 1 + g", frame, kinship=kinship,
+                                  vc_formula=vc).fit(reml=True)
+        assert table.loc[snp, "llf"] == pytest.approx(ml.llf, abs=1e-6)
+        lrt = max(2 * (ml.llf - null.llf), 0.0)
+        assert table.loc[snp, "p_lrt"] == pytest.approx(stats.chi2.sf(lrt, 1), rel=1e-5)
+        assert table.loc[snp, "beta"] == pytest.approx(reml.params["g"], rel=1e-6)
+        assert table.loc[snp, "se"] == pytest.approx(reml.bse["g"], rel=1e-6)

@@ -18,13 +18,35 @@ import statsmodels.formula.api as smf
 from emlmm import EMLMM, __version__
 from emlmm.model import LAB_START_SIGMA2_A, LAB_START_SIGMA2_E
 
+#: The lab's own file names (QG16 Lab 11), looked for in the current folder.
+LAB_FILE_NAMES = {
+    "x": "QG16_Lab11_EM_X.txt",
+    "y": "QG16_Lab11_EM_Y.txt",
+    "a": "QG16_Lab11_EM_A.txt",
+}
+
+
+def _lab_inputs(args: argparse.Namespace) -> tuple[Any, str]:
+    """The lab's matrices: the files named, else the lab's file names in the current
+    folder, else emlmm's bundled copy of the lab's data."""
+    from emlmm.datasets import lab_files
+    from emlmm.io import read_lab
+
+    given = {key: getattr(args, key) for key in LAB_FILE_NAMES}
+    if not any(given.values()) and not all(Path(n).exists() for n in LAB_FILE_NAMES.values()):
+        bundled = lab_files()
+        paths = {"x": bundled["X"], "y": bundled["Y"], "a": bundled["A"]}
+        where = "emlmm's bundled copy of the lab's data"
+    else:
+        paths = {key: Path(given[key] or LAB_FILE_NAMES[key]) for key in LAB_FILE_NAMES}
+        where = ", ".join(str(path) for path in paths.values())
+    return read_lab(paths["x"], paths["y"], paths["a"]), where
+
 
 def run_lab(args: argparse.Namespace) -> int:
-    """The lab's first half on the bundled data: EM fit of the null model, vs OLS."""
-    from emlmm.datasets import load_lab
-
-    data = load_lab()
-    print("The QG16 mixed-model lab on emlmm's bundled data")
+    """The lab's first half: EM fit of the null model on the lab's files, vs OLS."""
+    data, where = _lab_inputs(args)
+    print(f"The QG16 mixed-model lab on {where}")
     print(f"X (genotypes): {data.genotypes.shape[0]} individuals x {data.genotypes.shape[1]} SNPs")
     print(f"Y (phenotype): {data.phenotype.shape[0]} x 1")
     print(f"A (kinship):   {data.kinship.shape[0]} x {data.kinship.shape[1]}")
@@ -33,7 +55,12 @@ def run_lab(args: argparse.Namespace) -> int:
         f"EM fit of the null model y ~ 1 from the lab's start values (sigma2_a = "
         f"{LAB_START_SIGMA2_A:g}, sigma2_e = {LAB_START_SIGMA2_E:g}, beta = 0):"
     )
-    frame = data.phenotype.to_frame()
+    if args.method == "lab":
+        print(
+            "(each line is the lab's log_L, which leaves out the constant -n/2 log(2 pi) of "
+            "the log-likelihood llf below; line 1 is the start values, as log_L[1] in R)"
+        )
+    frame = data.phenotype.rename("y").to_frame()
     mixed = EMLMM.from_formula("y ~ 1", data=frame, kinship=data.kinship).fit(
         start_params="lab", method=args.method, disp=True
     )
@@ -288,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lab",
         help="fit the lab's null model by EM on the bundled data and compare it with OLS",
     )
+    for key, name in LAB_FILE_NAMES.items():
+        lab.add_argument(
+            f"--{key}",
+            metavar="FILE",
+            help=f"the lab's {key.upper()} matrix (default: {name} in this folder if the three "
+            "files are there, else emlmm's bundled copy)",
+        )
     lab.add_argument(
         "--method",
         choices=["em", "lab"],

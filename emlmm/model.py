@@ -474,7 +474,12 @@ class EMLMM(LikelihoodModel):
             ``"accelerated"``; the lab's algorithm is ML only).
         disp : bool
             Print one line per iteration, as the lab asks:
-            ``iteration = 1, loglikelihood = -500.123``.
+            ``iteration = 1, loglikelihood = -500.123`` (the log-likelihood ``llf``
+            reports). With ``method="lab"`` the lines are the lab's own: its
+            ``log_L`` (R's value, which leaves out the constant ``-n/2 log 2 pi``
+            that ``llf`` includes) to 9 decimals, numbered as R's ``log_L`` vector
+            (1 is the start values, k + 1 after iteration k), so they match the
+            lab's R output line by line.
         use_t : bool
             Use t rather than normal reference distributions for the fixed effects.
 
@@ -568,15 +573,25 @@ class EMLMM(LikelihoodModel):
             tol = _em.LAB_TOLERANCE if lab else _em.DEFAULT_TOLERANCE
         data = self._lab_data if lab else self._fit_data
         offset = data.llf_offset(reml)
+        start = self._start(data, start_params, reml)
+        callback = None
+        if disp and lab:
+            # The lab's own log_L (without -n/2 log 2 pi), numbered as R's log_L vector:
+            # 1 is the start, k + 1 after iteration k; so it reads as the student's R.
+            offset += 0.5 * data.rotated.nobs * _em.LOG_2PI
+            print(_lab_line(1, float(_em.criterion(data.rotated, start, False)) + offset))
+            callback = lambda k, value: print(_lab_line(k + 1, value + offset))  # noqa: E731
+        elif disp:
+            callback = lambda k, value: _print_iteration(k, value + offset)  # noqa: E731
         trace = _em.fit_em(
             data.rotated,
-            self._start(data, start_params, reml),
+            start,
             reml=reml,
             lab=lab,
             maxiter=maxiter,
             tol=tol,
             accelerate=method == "accelerated",
-            callback=(lambda k, value: _print_iteration(k, value + offset)) if disp else None,
+            callback=callback,
         )
         if not trace.converged.all():
             warnings.warn(
@@ -629,6 +644,12 @@ def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:
         raise ValueError(
             "no observations left: every row has a missing value in the response or a covariate"
         )
+
+
+def _lab_line(iteration: int, log_l: float) -> str:
+    """A line as the lab asks for it, with R's precision (``print`` shows 7 digits;
+    these are 9 decimals, so they match the student's to the last digit shown)."""
+    return f"iteration = {iteration}, loglikelihood = {log_l:.9f}"
 
 
 def _print_iteration(iteration: int, llf: float) -> None:

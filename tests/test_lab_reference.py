@@ -118,3 +118,31 @@ def test_singular_kinship_lab_method_is_the_labs_and_em_is_maximum_likelihood():
     oracle = dense.maximise(y, np.ones((len(y), 1)), kinship, start=(10.0, 10.0))
     assert ml_fit.llf == pytest.approx(oracle.llf, rel=1e-10)
     assert ml_fit.llf > lab_fit.llf_history.max() + 1.0
+
+
+def test_the_lab_command_prints_the_r_trace_line_by_line(r_trace, capsys, tmp_path,
+                                                          monkeypatch):
+    """`emlmm lab --method lab` prints R's log_L, numbered as R's vector, to 1e-6."""
+    from emlmm.__main__ import main
+    from emlmm.datasets import lab_files
+
+    assert main(["lab", "--method", "lab"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("iteration = ")]
+    numbers = [int(line.split(",")[0].split("= ")[1]) for line in printed]
+    values = np.array([float(line.split("loglikelihood = ")[1]) for line in printed])
+    assert numbers == list(r_trace.iteration)
+    np.testing.assert_allclose(values, r_trace.loglik, rtol=0, atol=1e-6)
+    assert all(len(line.split(".")[-1]) >= 6 for line in printed)
+    # A student's own files, under the lab's names, in the current folder.
+    for key, path in lab_files().items():
+        (tmp_path / f"QG16_Lab11_EM_{key}.txt").write_text(path.read_text())
+    monkeypatch.chdir(tmp_path)
+    assert main(["lab", "--method", "lab"]) == 0
+    out = capsys.readouterr().out
+    assert "on QG16_Lab11_EM_X.txt, QG16_Lab11_EM_Y.txt, QG16_Lab11_EM_A.txt" in out
+    assert printed[-1] in out
+    assert main(["lab", "--x", "QG16_Lab11_EM_X.txt", "--y", "QG16_Lab11_EM_Y.txt", "--a",
+                 "QG16_Lab11_EM_A.txt"]) == 0
+    with pytest.raises(SystemExit, match=r"emlmm: error: .*nowhere\.txt"):
+        main(["lab", "--x", "nowhere.txt"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -473,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return int(args.run(args))
+        except BrokenPipeError:  # output piped into `head`, say: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
         except (ValueError, OSError) as exc:  # a user's error (ScanFileError included)
             raise SystemExit(f"emlmm: error: {_one_line(exc)}") from None
 

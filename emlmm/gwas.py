@@ -1417,14 +1417,24 @@ class _Scanner:
             )
             with np.errstate(divide="ignore", invalid="ignore"):
                 result["l_remle"] = reml.sigma2_a / reml.sigma2_e  # GEMMA's REML lambda
-        lrt = np.maximum(lrt, 0.0)
         se = np.sqrt(cov_beta[:, -1, -1])
-        wald = (beta[:, -1] / se) ** 2
+        return self._in_user_units(result, beta[:, -1], se, llf, np.maximum(lrt, 0.0), n - p)
+
+    def _in_user_units(
+        self,
+        result: dict[str, NDArray[Any]],
+        beta: NDArray[np.float64],
+        se: NDArray[np.float64],
+        llf: NDArray[np.float64],
+        lrt: NDArray[np.float64],
+        df_resid: int,
+    ) -> dict[str, NDArray[Any]]:
+        """The SNPs' statistics, tests and variances in the user's units."""
         fit_data = self.fit_data
         result.update(
-            beta=fit_data.endog_scale * beta[:, -1],
+            beta=fit_data.endog_scale * beta,
             se=fit_data.endog_scale * se,
-            p_wald=stats.f.sf(wald, 1, n - p),
+            p_wald=stats.f.sf((beta / se) ** 2, 1, df_resid),
             llf=llf + fit_data.llf_offset(reml=False),
             lrt=lrt,
             p_lrt=stats.chi2.sf(lrt, 1),
@@ -1553,19 +1563,7 @@ class _ComponentScanner(_Scanner):
             )  # fmt: skip
         lrt = np.maximum(2.0 * (llf - (self.null_fixed_llf if self.method == "fixed"
                                         else self.null_llf)), 0.0)  # fmt: skip
-        se = np.sqrt(variance)
-        fit_data = self.fit_data
-        result.update(
-            beta=fit_data.endog_scale * beta,
-            se=fit_data.endog_scale * se,
-            p_wald=stats.f.sf((beta / se) ** 2, 1, n - p),
-            llf=llf + fit_data.llf_offset(reml=False),
-            lrt=lrt,
-            p_lrt=stats.chi2.sf(lrt, 1),
-            sigma2_a=fit_data.variances_to_user(result["sigma2_a"]),
-            sigma2_e=fit_data.variances_to_user(result["sigma2_e"]),
-        )
-        return result
+        return self._in_user_units(result, beta, np.sqrt(variance), llf, lrt, n - p)
 
     def _fixed_gls(self, snps: NDArray[np.float64]) -> tuple[NDArray[Any], NDArray[Any]]:
         """Each SNP's GLS coefficient and its variance, V at the null's REML variances."""

@@ -29,6 +29,7 @@ from emlmm._data import (
 )
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
+from emlmm._threads import one_blas_thread
 
 __all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "ComponentsNullFit", "NullFit"]
 
@@ -131,7 +132,13 @@ class EMLMM(LikelihoodModel):
             check_numeric("endog", endog)
             check_numeric("exog", exog)
             _check_complete_rows(endog, exog, missing)
-            index = endog.index if isinstance(endog, (pd.Series, pd.DataFrame)) else None
+            # A labelled kinship is aligned by label to the rows given here; from_formula
+            # aligns it to its data (rows with missing values still in) itself.
+            index = (
+                endog.index
+                if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame))
+                else None
+            )
             spec = _ComponentSpec.build(kinship, exog_vc, kinship_ids, n_rows, index)
             super().__init__(
                 endog, exog, missing=missing, kinship=spec.first_kinship,
@@ -263,15 +270,16 @@ class EMLMM(LikelihoodModel):
                     f"({', '.join(self.component_names)}), >= 0 with a positive residual"
                 )
         offset = self._fit_data.llf_offset(reml)
-        fit = _components.fit(
-            data,
-            start,
-            reml=reml,
-            maxiter=maxiter,
-            tol=tol,
-            accelerate=method == "accelerated",
-            callback=(lambda k, value: _print_iteration(k, value + offset)) if disp else None,
-        )
+        with one_blas_thread(data.k_exog + data.stacked.shape[1]):
+            fit = _components.fit(
+                data,
+                start,
+                reml=reml,
+                maxiter=maxiter,
+                tol=tol,
+                accelerate=method == "accelerated",
+                callback=(lambda k, value: _print_iteration(k, value + offset)) if disp else None,
+            )
         if not fit.converged:
             warnings.warn(
                 f"EM did not converge in {maxiter} iterations; raise maxiter",
@@ -350,6 +358,10 @@ class EMLMM(LikelihoodModel):
         several = isinstance(kinship, dict) or bool(vc_formula) or kinship_ids is not None
         if not several:
             kinship = align_kinship(kinship, data.index)
+        elif kinship_ids is None:
+            named = kinship if isinstance(kinship, dict) else {"kinship": kinship}
+            aligned = {name: align_kinship(matrix, data.index) for name, matrix in named.items()}
+            kinship = aligned if isinstance(kinship, dict) else aligned["kinship"]
         # As in statsmodels, eval_env=0 (the default) is the caller's namespace. It is
         # captured here, once, and handed down as values.
         eval_env = kwargs.pop("eval_env", None)
@@ -363,6 +375,15 @@ class EMLMM(LikelihoodModel):
                 patsy.EvalEnvironment([eval_env]) if isinstance(eval_env, dict) else eval_env
             )
             if vc_formula:
+                # Rows missing a variable of a variance component are left out, as rows
+                # missing one of the formula's (with their kinship rows and columns).
+                complete = np.ones(len(data), dtype=bool)
+                for term in vc_formula.values():
+                    kept = patsy.dmatrix(term, data, eval_env=namespace, NA_action="drop",
+                                         return_type="dataframe").index  # fmt: skip
+                    complete &= data.index.isin(kept)
+                if not complete.all():
+                    data, kinship = _drop_rows(data, kinship, complete, kinship_ids)
                 kwargs["exog_vc"] = {
                     name: patsy.dmatrix(
                         term,
@@ -593,16 +614,17 @@ class EMLMM(LikelihoodModel):
             callback = lambda k, value: print(_lab_line(k + 1, value + offset))  # noqa: E731
         elif disp:
             callback = lambda k, value: _print_iteration(k, value + offset)  # noqa: E731
-        trace = _em.fit_em(
-            data.rotated,
-            start,
-            reml=reml,
-            lab=lab,
-            maxiter=maxiter,
-            tol=tol,
-            accelerate=method == "accelerated",
-            callback=callback,
-        )
+        with one_blas_thread(data.rotated.k_exog):
+            trace = _em.fit_em(
+                data.rotated,
+                start,
+                reml=reml,
+                lab=lab,
+                maxiter=maxiter,
+                tol=tol,
+                accelerate=method == "accelerated",
+                callback=callback,
+            )
         if not trace.converged.all():
             warnings.warn(
                 f"EM did not converge in {maxiter} iterations (last log-likelihood "
@@ -788,3 +810,19 @@ def _factor(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
     spectrum = KinshipSpectrum.from_kinship(matrix)
     positive = spectrum.eigenvalues > 0
     return spectrum.eigenvectors[:, positive] * np.sqrt(spectrum.eigenvalues[positive])
+
+
+def _drop_rows(
+    data: pd.DataFrame, kinship: Any, keep: NDArray[np.bool_], kinship_ids: str | None
+) -> tuple[pd.DataFrame, Any]:
+    """``data``'s rows ``keep``, with the rows and columns of (aligned) kinships."""
+    if kinship_ids is not None:
+        return data[keep], kinship  # kinships of ids: nothing to drop
+    named = kinship if isinstance(kinship, dict) else {"kinship": kinship}
+    positions = np.nonzero(keep)[0]
+    dropped = {
+        name: (matrix.iloc[positions, positions] if isinstance(matrix, pd.DataFrame)
+               else np.asarray(matrix)[np.ix_(positions, positions)])
+        for name, matrix in named.items()
+    }  # fmt: skip
+    return data[keep], dropped if isinstance(kinship, dict) else dropped["kinship"]

@@ -65,6 +65,18 @@ class LikelihoodRatioTest:
     pvalue_naive: float
 
 
+def _mle_retvals(results: Any, method: str, reml: bool) -> dict[str, Any]:
+    """What statsmodels' fits report of their optimiser."""
+    history = results.llf_history
+    return {
+        "converged": results.converged,
+        "iterations": results.n_iter,
+        "method": method,
+        "reml": reml,
+        "final_gain": float(history[-1] - history[-2]) if len(history) > 1 else np.nan,
+    }
+
+
 class EMLMMResults(LikelihoodModelResults):
     """Results of :meth:`emlmm.EMLMM.fit`.
 
@@ -157,14 +169,7 @@ class EMLMMResults(LikelihoodModelResults):
         self._estimate = estimate
         self._fit_data = fit_data
         self._data_removed = False
-        history = self.llf_history
-        self.mle_retvals = {
-            "converged": self.converged,
-            "iterations": self.n_iter,
-            "method": method,
-            "reml": reml,
-            "final_gain": float(history[-1] - history[-2]) if len(history) > 1 else np.nan,
-        }
+        self.mle_retvals = _mle_retvals(self, method, reml)
 
     @cached_property
     def llf(self) -> float:
@@ -753,14 +758,7 @@ class ComponentsResults(LikelihoodModelResults):
         ]  # fmt: skip
         weighted = fit.theta * np.array(diagonals)
         self.shares = pd.Series(weighted / weighted.sum(), index=names, name="share")
-        history = self.llf_history
-        self.mle_retvals = {
-            "converged": self.converged,
-            "iterations": self.n_iter,
-            "method": method,
-            "reml": reml,
-            "final_gain": float(history[-1] - history[-2]) if len(history) > 1 else np.nan,
-        }
+        self.mle_retvals = _mle_retvals(self, method, reml)
 
     @cached_property
     def llf(self) -> float:
@@ -800,6 +798,26 @@ class ComponentsResults(LikelihoodModelResults):
             raise ValueError("compare two ML fits, or two REML fits, not one of each")
         if not np.allclose(other.model.endog, self.model.endog):
             raise ValueError("the two fits use different responses (or different rows)")
+        if isinstance(other, EMLMMResults):
+            if other._fit_data.reduced:
+                raise ValueError(
+                    "the one-kinship fit's likelihood is of the data outside the kinship's "
+                    "null space (its covariates absorb it), this fit's of all the data; fit "
+                    "the smaller model as kinship={name: A} too, so both are of the same data"
+                )
+            same = self.model.kinship is not None and np.allclose(
+                other.model.kinship, self.model.kinship
+            )
+            if not same:
+                raise ValueError(
+                    "the fits are not nested: the restricted fit's kinship is not this fit's "
+                    "first kinship"
+                )
+        elif not set(other.model.component_names) <= set(self.model.component_names):
+            raise ValueError(
+                "the fits are not nested: the restricted fit has components "
+                f"{other.model.component_names}, this one {self.model.component_names}"
+            )
         size = lambda fit: len(getattr(fit, "variance_components", [0, 0]))  # noqa: E731
         df_variance = size(self) - size(other)
         df_fixed = self.model.k_exog - other.model.k_exog

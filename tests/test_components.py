@@ -274,3 +274,37 @@ def test_an_exact_scan_with_a_cage_effect_equals_separate_fits(caged_scan):
         assert table.loc[snp, "p_lrt"] == pytest.approx(stats.chi2.sf(lrt, 1), rel=1e-5)
         assert table.loc[snp, "beta"] == pytest.approx(reml.params["g"], rel=1e-6)
         assert table.loc[snp, "se"] == pytest.approx(reml.bse["g"], rel=1e-6)
+
+
+def test_missing_values_drop_rows_everywhere(mice):
+    data, kinship = mice
+    gappy = data.copy()
+    gappy.iloc[3, gappy.columns.get_loc("y")] = np.nan
+    gappy["cage"] = gappy.cage.astype(float)
+    gappy.iloc[7, gappy.columns.get_loc("cage")] = np.nan
+    vc = {"cage": "0 + C(cage)"}
+    for given in (kinship, kinship.to_numpy()):
+        result = EMLMM.from_formula("y ~ 1 + x", gappy, kinship=given, vc_formula=vc).fit()
+        kept = gappy.index.drop(gappy.index[[3, 7]])
+        reference = EMLMM.from_formula("y ~ 1 + x", data.loc[kept],
+                                       kinship=kinship.loc[kept, kept], vc_formula=vc).fit()
+        assert result.nobs == len(data) - 2
+        assert result.llf == pytest.approx(reference.llf, abs=1e-8)
+
+
+def test_lr_tests_refuse_fits_that_are_not_nested_or_not_of_the_same_data(mice):
+    data, kinship = mice
+    n = len(data)
+    genomic = dense.random_genotype_kinship(np.random.default_rng(0), n, 400)
+    centred = (np.eye(n) - 1 / n) @ genomic @ (np.eye(n) - 1 / n)  # one null direction
+    vc = {"cage": "0 + C(cage)"}
+    full = EMLMM.from_formula("y ~ 1 + x", data, kinship=centred, vc_formula=vc).fit()
+    reduced_one = EMLMM.from_formula("y ~ 1 + x", data, kinship=centred).fit()
+    with pytest.raises(ValueError, match="kinship=\\{name: A\\} too"):
+        full.compare_lr_test(reduced_one)
+    same_path = EMLMM.from_formula("y ~ 1 + x", data, kinship={"kinship": centred}).fit()
+    assert full.compare_lr_test(same_path)[2] == 1
+    other = EMLMM.from_formula("y ~ 1 + x", data, kinship=np.eye(n) + 0.1).fit()
+    plain = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship, vc_formula=vc).fit()
+    with pytest.raises(ValueError, match="not nested"):
+        plain.compare_lr_test(other)

@@ -34,7 +34,13 @@ def _lab_inputs(args: argparse.Namespace) -> tuple[Any, str]:
     from emlmm.io import read_lab
 
     given = {key: getattr(args, key) for key in LAB_FILE_NAMES}
-    if not any(given.values()) and not all(Path(n).exists() for n in LAB_FILE_NAMES.values()):
+    present = [name for name in LAB_FILE_NAMES.values() if Path(name).exists()]
+    if not any(given.values()) and 0 < len(present) < len(LAB_FILE_NAMES):
+        raise ValueError(
+            f"found {', '.join(present)} here but not all three of the lab's files "
+            f"({', '.join(LAB_FILE_NAMES.values())}); name them with --x, --y and --a"
+        )
+    if not any(given.values()) and not present:
         bundled = lab_files()
         paths = {"x": bundled["X"], "y": bundled["Y"], "a": bundled["A"]}
         where = "emlmm's bundled copy of the lab's data"
@@ -50,6 +56,12 @@ def run_lab(args: argparse.Namespace) -> int:
     print(f"The QG16 mixed-model lab on {where}")
     print(f"X (genotypes): {data.genotypes.shape[0]} individuals x {data.genotypes.shape[1]} SNPs")
     print(f"Y (phenotype): {data.phenotype.shape[0]} x 1")
+    missing = int(data.phenotype.isna().sum())
+    if missing:
+        print(
+            f"note: {missing} individuals have no phenotype (NA) and are left out, with their "
+            "rows and columns of A (the lab's R code would stop with an error)"
+        )
     print(f"A (kinship):   {data.kinship.shape[0]} x {data.kinship.shape[1]}")
     print()
     print(

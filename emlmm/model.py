@@ -235,6 +235,8 @@ class EMLMM(LikelihoodModel):
             np.array(dims),
         )
         self.component_names = [*spec.names, "residual"]
+        # As MixedLM: the results' params are the fixed effects, then the variances.
+        self.data.param_names = [*exog_names, *(f"{n} Var" for n in self.component_names)]
 
     def _fit_components(
         self,

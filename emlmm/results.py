@@ -700,8 +700,11 @@ class ComponentsResults(LikelihoodModelResults):
     """Results of :meth:`emlmm.EMLMM.fit` for a model with several variance components
     (several kinships, ``vc_formula``, or ``kinship_ids``).
 
-    ``params``, ``bse``, ``conf_int``, ``t_test`` refer to the fixed effects, with
-    covariance ``(X' V^-1 X)^-1`` at the estimated variances.
+    ``params`` holds the fixed effects, then every variance component (named
+    ``"<component> Var"``, as in ``MixedLM``, the residual last); ``bse``,
+    ``conf_int``, ``t_test`` follow: the fixed effects' covariance is
+    ``(X' V^-1 X)^-1`` at the estimated variances, the variances' the inverse
+    expected information (none for a variance on its boundary, 0).
 
     Attributes
     ----------
@@ -726,12 +729,24 @@ class ComponentsResults(LikelihoodModelResults):
         data = model._component_data
         self._fit = fit
         self._evaluation = _components.Evaluation(data, fit.theta)
-        params = fit_data.coefficients(fit.beta)
         scales = fit_data.coefficient_scales
         cov_beta = fit_data.coefficient_covariance(fit.cov_beta, 0.0)
         with np.errstate(over="ignore"):
             cov_beta = cov_beta * scales[:, None] * scales[None, :]
-        super().__init__(model, params, normalized_cov_params=cov_beta, scale=1.0)
+        # The variances' covariance from the inverse expected information; a variance on
+        # its boundary (0) has none.
+        information = _components.expected_information(self._evaluation, reml)
+        size = len(fit.theta)
+        free = fit.theta > 0
+        cov_variances = np.full((size, size), np.nan)
+        cov_variances[np.ix_(free, free)] = np.linalg.inv(information[np.ix_(free, free)])
+        cov_variances = fit_data.variances_to_user(cov_variances, power=2)
+        p = len(fit.beta)
+        cov_params = np.zeros((p + size, p + size))
+        cov_params[:p, :p], cov_params[p:, p:] = cov_beta, cov_variances
+        params = np.concatenate([fit_data.coefficients(fit.beta),
+                                 fit_data.variances_to_user(fit.theta)])  # fmt: skip
+        super().__init__(model, params, normalized_cov_params=cov_params, scale=1.0)
         self.use_t = use_t
         self.nobs, self.df_model, self.df_resid = model.nobs, model.df_model, model.df_resid
         self.reml, self.method = reml, method
@@ -742,13 +757,8 @@ class ComponentsResults(LikelihoodModelResults):
         names = model.component_names
         variances = fit_data.variances_to_user(fit.theta)
         self.variance_components = pd.Series(variances, index=names, name="variance")
-        information = _components.expected_information(self._evaluation, reml)
-        with np.errstate(invalid="ignore"):
-            free = fit.theta > 0
-            errors = np.full(len(names), np.nan)
-            errors[free] = np.sqrt(np.diag(np.linalg.inv(information[np.ix_(free, free)])))
         self.bse_variance_components = pd.Series(
-            fit_data.variances_to_user(errors), index=names, name="std err"
+            np.sqrt(np.diag(cov_variances)), index=names, name="std err"
         )
         diagonals = [
             float(data.eigenvalues.mean()) if data.eigenvalues is not None and k == 0
@@ -764,6 +774,18 @@ class ComponentsResults(LikelihoodModelResults):
     def llf(self) -> float:
         """Log-likelihood at the estimates (restricted log-likelihood for REML)."""
         return self._llf
+
+    @property
+    def fe_params(self) -> pd.Series:
+        """The fixed effects alone (as ``MixedLM``'s ``fe_params``)."""
+        names = self.model.data.param_names[: self.model.k_exog]
+        return pd.Series(np.asarray(self.params)[: self.model.k_exog], index=names)
+
+    @property
+    def bse_fe(self) -> pd.Series:
+        """Standard errors of the fixed effects (as ``MixedLM``'s ``bse_fe``)."""
+        names = self.model.data.param_names[: self.model.k_exog]
+        return pd.Series(np.asarray(self.bse)[: self.model.k_exog], index=names)
 
     @cached_property
     def random_effects(self) -> dict[str, pd.Series]:
@@ -851,6 +873,7 @@ class ComponentsResults(LikelihoodModelResults):
                     ("Df Residuals:", None)],
             yname=yname, xname=xname, title="Linear Mixed Model with Variance Components",
         )  # fmt: skip
+        xname = xname or list(self.model.data.param_names)
         smry.add_table_params(self, yname=yname, xname=xname, alpha=alpha, use_t=self.use_t)
         rows = zip(self.variance_components.index, self.variance_components,
                    self.bse_variance_components, self.shares, strict=True)  # fmt: skip

@@ -69,10 +69,10 @@ def test_a_kinship_and_a_crossed_group_match_mixedlm(mice, reml):
                          ).fit(reml=reml, method="lbfgs")
     scale = theirs.scale
     assert ours.llf == pytest.approx(theirs.llf, abs=1e-4)
-    np.testing.assert_allclose(ours.params, theirs.fe_params, rtol=1e-4)
+    np.testing.assert_allclose(ours.params.iloc[:2], theirs.fe_params, rtol=1e-4)
     # MixedLM's bse_fe inverts its observed information of all parameters; ours is the
     # GLS (X'V^-1 X)^-1, as statsmodels' other mixed models and GEMMA report.
-    np.testing.assert_allclose(ours.bse, theirs.bse_fe, rtol=2e-2)
+    np.testing.assert_allclose(ours.bse.iloc[:2], theirs.bse_fe, rtol=2e-2)
     vcomp = dict(zip(theirs.model.exog_vc.names, theirs.vcomp, strict=True))
     expected = [vcomp["litter"], vcomp["cage"], scale]  # vcomp is not relative to scale
     np.testing.assert_allclose(ours.variance_components, expected, rtol=1e-3)
@@ -83,7 +83,13 @@ def test_a_kinship_and_a_crossed_group_match_mixedlm(mice, reml):
     V = t_a * kinship.to_numpy() + t_c * cage @ cage.T + t_e * np.eye(len(data))
     X = np.column_stack([np.ones(len(data)), data.x])
     cov = np.linalg.inv(X.T @ np.linalg.solve(V, X))
-    np.testing.assert_allclose(ours.bse, np.sqrt(np.diag(cov)), rtol=1e-8)
+    np.testing.assert_allclose(ours.bse.iloc[:2], np.sqrt(np.diag(cov)), rtol=1e-8)
+    # params names every component, as MixedLM's do.
+    assert list(ours.params.index) == ["Intercept", "x", "kinship Var", "cage Var",
+                                       "residual Var"]
+    np.testing.assert_allclose(ours.params.iloc[2:], ours.variance_components, rtol=1e-12)
+    np.testing.assert_allclose(ours.bse.iloc[2:], ours.bse_variance_components, rtol=1e-12)
+    assert ours.t_test("x = 0").pvalue < 1e-3
 
 
 @pytest.mark.parametrize("reml", [False, True])
@@ -159,7 +165,7 @@ def test_one_kinship_alone_is_the_spectral_path(mice):
     assert as_dict.llf == pytest.approx(plain.llf, abs=1e-8)
     np.testing.assert_allclose(as_dict.variance_components,
                                [plain.sigma2_a, plain.sigma2_e], rtol=1e-6)
-    np.testing.assert_allclose(as_dict.params, plain.params, rtol=1e-7)
+    np.testing.assert_allclose(as_dict.params.iloc[:2], plain.params, rtol=1e-7)
 
 
 def test_the_em_method_follows_the_lab_and_reaches_the_same_maximum(mice, capsys):
@@ -187,7 +193,7 @@ def test_blups_per_component_add_up_to_the_dense_conditional_mean(mice):
     K = kinship.to_numpy()
     V = t_a * K + t_c * cage @ cage.T + t_e * np.eye(len(data))
     X = np.column_stack([np.ones(len(data)), data.x])
-    r = data.y.to_numpy() - X @ result.params.to_numpy()
+    r = data.y.to_numpy() - X @ result.params.to_numpy()[:2]
     solved = np.linalg.solve(V, r)
     np.testing.assert_allclose(result.random_effects["kinship"], t_a * K @ solved, rtol=1e-6,
                                atol=1e-9)

@@ -821,7 +821,8 @@ class ComponentsResults(LikelihoodModelResults):
         if not np.allclose(other.model.endog, self.model.endog):
             raise ValueError("the two fits use different responses (or different rows)")
         if isinstance(other, EMLMMResults):
-            if other._fit_data.reduced:
+            # REML adds the dropped directions' constant back; ML cannot.
+            if other._fit_data.reduced and not self.reml:
                 raise ValueError(
                     "the one-kinship fit's likelihood is of the data outside the kinship's "
                     "null space (its covariates absorb it), this fit's of all the data; fit "

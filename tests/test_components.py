@@ -308,6 +308,14 @@ def test_lr_tests_refuse_fits_that_are_not_nested_or_not_of_the_same_data(mice):
     reduced_one = EMLMM.from_formula("y ~ 1 + x", data, kinship=centred).fit()
     with pytest.raises(ValueError, match="kinship=\\{name: A\\} too"):
         full.compare_lr_test(reduced_one)
+    # REML likelihoods of a reduced fit are those of all the data: comparable.
+    reml_full = EMLMM.from_formula("y ~ 1 + x", data, kinship=centred, vc_formula=vc).fit(
+        reml=True)
+    reml_one = EMLMM.from_formula("y ~ 1 + x", data, kinship=centred).fit(reml=True)
+    reml_same = EMLMM.from_formula("y ~ 1 + x", data, kinship={"kinship": centred}).fit(reml=True)
+    assert reml_one.llf == pytest.approx(reml_same.llf, abs=1e-8)
+    assert reml_full.compare_lr_test(reml_one) == pytest.approx(
+        reml_full.compare_lr_test(reml_same))
     same_path = EMLMM.from_formula("y ~ 1 + x", data, kinship={"kinship": centred}).fit()
     assert full.compare_lr_test(same_path)[2] == 1
     other = EMLMM.from_formula("y ~ 1 + x", data, kinship=np.eye(n) + 0.1).fit()

@@ -189,7 +189,13 @@ def _phenotype_and_covariates(
     if getattr(args, "covar", None) is None:
         return data, ["1"], notes
     covariates = read_covariates(args.covar, plink.sample_ids)
-    names = [f"c{j + 1}" for j in range(covariates.shape[1])]
+    # The file's own names where they can stand in a formula, else c1, c2, ...
+    names = [
+        str(name) if str(name).isidentifier() and str(name) not in ("y", "snp") else f"c{j + 1}"
+        for j, name in enumerate(covariates.columns)
+    ]
+    if len(set(names)) < len(names):
+        names = [f"c{j + 1}" for j in range(len(names))]
     data[names] = covariates.to_numpy(dtype=float)
     constant = [name for name in names if data[name].nunique() == 1]
     notes.append(f"covariates: {', '.join(map(str, covariates.columns))} from {args.covar}")

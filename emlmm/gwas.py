@@ -245,7 +245,8 @@ class GenomeScan:
     null_estimates : dict of DataFrame
         The null model's REML and ML estimates (rows), as GEMMA reports them:
         ``sigma2_a``, ``sigma2_e``, ``lambda`` (their ratio), ``pve`` (``h2``) and
-        ``se_pve``, the log-likelihood, and each covariate's coefficient and
+        ``se_pve`` (from the observed information, GEMMA's convention:
+        ``bse_h2_observed``), the log-likelihood, and each covariate's coefficient and
         standard error; keyed ``"all"``, or ``"chromosome c"`` for each LOCO null
         model fitted so far.
     snp_counts : dict or None
@@ -839,7 +840,7 @@ def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
                 "sigma2_e": result.sigma2_e,
                 "lambda": result.sigma2_a / result.sigma2_e if result.sigma2_e > 0 else np.inf,
                 "pve": result.h2,
-                "se_pve": result.bse_h2,
+                "se_pve": result.bse_h2_observed,  # GEMMA's se(pve): observed information
                 "llf": result.llf,
             }
         for term, value, error in zip(result.params.index, result.params, result.bse, strict=True):

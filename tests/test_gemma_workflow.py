@@ -281,7 +281,7 @@ def test_the_log_reports_the_null_model_as_the_api_fits_it(study, tmp_path):
         row = next(line for line in log.splitlines() if line.startswith(f"##   {name} "))
         values = [float(v) for v in row.split()[2:]]
         expected = [result.sigma2_a, result.sigma2_e, result.sigma2_a / result.sigma2_e,
-                    result.h2, result.bse_h2, result.llf, *np.ravel(
+                    result.h2, result.bse_h2_observed, result.llf, *np.ravel(
                         np.column_stack([result.params, result.bse]))]
         np.testing.assert_allclose(values, expected, rtol=1e-4)
     assert "## command: emlmm gwas --bfile " in log and "## time (s): " in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,6 +15,7 @@ from statsmodels.base import wrapper as wrap
 from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
 from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
+from statsmodels.iolib.tableformatting import fmt_params
 
 from emlmm import _blup, _components, _em
 
@@ -63,6 +65,20 @@ class LikelihoodRatioTest:
     df: int
     pvalue: float
     pvalue_naive: float
+
+
+#: Width of statsmodels' summary tables: the variance table is as wide as the others.
+_SUMMARY_WIDTH = 78
+
+
+def _variance_table(rows: list[list[str]], headers: list[str], stubs: list[str]) -> SimpleTable:
+    """A summary block of variance components, as wide as the parameter table above."""
+    fmt = copy.deepcopy(fmt_params)
+    stub = max(22, *(len(name) + 2 for name in stubs))
+    columns = len(headers)
+    rest = _SUMMARY_WIDTH - stub - columns * len(fmt["colsep"])
+    fmt["colwidths"] = [stub] + [rest // columns + (k < rest % columns) for k in range(columns)]
+    return SimpleTable(rows, headers=headers, stubs=stubs, title="", txt_fmt=fmt)
 
 
 def _mle_retvals(results: Any, method: str, reml: bool) -> dict[str, Any]:
@@ -670,11 +686,10 @@ class EMLMMResults(LikelihoodModelResults):
             ("h2", self.h2, self.bse_h2),
         ]
         smry.tables.append(
-            SimpleTable(
+            _variance_table(
                 [[f"{value:#.6g}", f"{bse:#.4g}"] for _, value, bse in rows],
-                headers=["Variance components", "std err"],
-                stubs=[name for name, _, _ in rows],
-                title="",
+                ["Variance components", "std err"],
+                [name for name, _, _ in rows],
             )
         )
         return smry
@@ -880,11 +895,8 @@ class ComponentsResults(LikelihoodModelResults):
                    self.bse_variance_components, self.shares, strict=True)  # fmt: skip
         table = [[f"{v:#.6g}", f"{e:#.4g}", f"{s:.4f}"] for _, v, e, s in rows]
         smry.tables.append(
-            SimpleTable(
-                table,
-                headers=["Variance", "std err", "share"],
-                stubs=list(self.variance_components.index),
-                title="",
+            _variance_table(
+                table, ["Variance", "std err", "share"], list(self.variance_components.index)
             )
         )
         return smry

@@ -123,6 +123,12 @@ def run_gwas(args: argparse.Namespace) -> int:
                 raise ValueError(
                     "no individual has both a phenotype and every covariate: nothing to analyse"
                 )
+            no_phenotype = int(data["y"].isna().sum())
+            no_covariate = int((data["y"].notna() & data.isna().any(axis=1)).sum())
+            notes.append(
+                f"dropped: {no_phenotype} without a phenotype, {no_covariate} more without "
+                "every covariate"
+            )
             kinship = _kinship_for(args, plink, data.index, analysed)
             timings = {"reading inputs and kinship": time.perf_counter() - started}
             scan = GenomeScan(

@@ -160,6 +160,7 @@ def test_filters_are_gemmas_on_the_individuals_analysed(study, tmp_path):
     assert "SNPs: 40 in total, 36 analysed; left out: 1 missing, 2 maf, 1 monomorphic, 0 hwe" \
         in log
     assert "individuals: 120 in total, 116 analysed, 4 dropped" in log
+    assert "dropped: 4 without a phenotype, 0 more without every covariate" in log
     # Over everyone, SNP 6 passes the maf filter: the filter looks at the analysed only.
     data, snps, related = frame(study)
     everyone = gwas("y ~ 1 + snp", data.fillna(0.0), snps, related)

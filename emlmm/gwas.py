@@ -43,6 +43,7 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
 )
+from emlmm._threads import one_blas_thread
 from emlmm.genotypes import (
     FILTER_REASONS,
     SNP_COLUMNS,
@@ -1324,18 +1325,21 @@ class _Scanner:
         good = np.nonzero(notes == "")[0]
         step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
         groups: list[tuple[NDArray[np.intp], dict[str, NDArray[Any]]]] = []
-        for first in range(0, good.size, step):
-            rows = good[first : first + step]
-            try:
-                groups.append((rows, self._statistics(rotated[rows])))
-            except NUMERICAL_ERRORS:
-                # Something failed for the block as a whole: redo it SNP by SNP, so
-                # that a failure stays in the row of the SNP that caused it.
-                for j in rows:
-                    try:
-                        groups.append((np.array([j]), self._statistics(rotated[[j]])))
-                    except NUMERICAL_ERRORS as exc:
-                        table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
+        # The per-SNP fits are small batched products: one BLAS thread (the rotation
+        # above, one large product, keeps them all).
+        with one_blas_thread(self.null_data.k_exog + 1):
+            for first in range(0, good.size, step):
+                rows = good[first : first + step]
+                try:
+                    groups.append((rows, self._statistics(rotated[rows])))
+                except NUMERICAL_ERRORS:
+                    # Something failed for the block as a whole: redo it SNP by SNP, so
+                    # that a failure stays in the row of the SNP that caused it.
+                    for j in rows:
+                        try:
+                            groups.append((np.array([j]), self._statistics(rotated[[j]])))
+                        except NUMERICAL_ERRORS as exc:
+                            table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
         columns: dict[str, NDArray[Any]] = {}
         for rows, statistics in groups:
             for column, values in statistics.items():

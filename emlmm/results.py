@@ -81,6 +81,22 @@ def _variance_table(rows: list[list[str]], headers: list[str], stubs: list[str])
     return SimpleTable(rows, headers=headers, stubs=stubs, title="", txt_fmt=fmt)
 
 
+class _InformationCriteria:
+    """AIC and BIC from ``llf`` and ``df_modelwc``, NaN for REML fits (as ``MixedLM``)."""
+
+    @cached_property
+    def aic(self) -> float:
+        """Akaike's criterion; NaN for REML fits, as in ``MixedLM``."""
+        fit: Any = self  # a results class: llf, nobs, reml and df_modelwc
+        return np.nan if fit.reml else -2.0 * fit.llf + 2.0 * fit.df_modelwc
+
+    @cached_property
+    def bic(self) -> float:
+        """Schwarz's criterion; NaN for REML fits, as in ``MixedLM``."""
+        fit: Any = self
+        return np.nan if fit.reml else -2.0 * fit.llf + np.log(fit.nobs) * fit.df_modelwc
+
+
 def _mle_retvals(results: Any, method: str, reml: bool) -> dict[str, Any]:
     """What statsmodels' fits report of their optimiser."""
     history = results.llf_history
@@ -93,7 +109,7 @@ def _mle_retvals(results: Any, method: str, reml: bool) -> dict[str, Any]:
     }
 
 
-class EMLMMResults(LikelihoodModelResults):
+class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
     """Results of :meth:`emlmm.EMLMM.fit`.
 
     ``params``, ``bse``, ``tvalues``, ``pvalues``, ``conf_int``, ``t_test`` and
@@ -208,16 +224,6 @@ class EMLMMResults(LikelihoodModelResults):
     def df_modelwc(self) -> int:
         """Number of estimated parameters: the fixed effects and two variances."""
         return self.model.k_exog + 2
-
-    @cached_property
-    def aic(self) -> float:
-        """Akaike's criterion; NaN for REML fits, as in ``MixedLM``."""
-        return np.nan if self.reml else -2.0 * self.llf + 2.0 * self.df_modelwc
-
-    @cached_property
-    def bic(self) -> float:
-        """Schwarz's criterion; NaN for REML fits, as in ``MixedLM``."""
-        return np.nan if self.reml else -2.0 * self.llf + np.log(self.nobs) * self.df_modelwc
 
     @cached_property
     def bse(self) -> NDArray[np.float64]:
@@ -711,7 +717,7 @@ class EMLMMResultsWrapper(LikelihoodResultsWrapper):
 wrap.populate_wrapper(EMLMMResultsWrapper, EMLMMResults)
 
 
-class ComponentsResults(LikelihoodModelResults):
+class ComponentsResults(_InformationCriteria, LikelihoodModelResults):
     """Results of :meth:`emlmm.EMLMM.fit` for a model with several variance components
     (several kinships, ``vc_formula``, or ``kinship_ids``).
 
@@ -789,6 +795,11 @@ class ComponentsResults(LikelihoodModelResults):
     def llf(self) -> float:
         """Log-likelihood at the estimates (restricted log-likelihood for REML)."""
         return self._llf
+
+    @cached_property
+    def df_modelwc(self) -> int:
+        """Number of estimated parameters: the fixed effects and every variance."""
+        return self.model.k_exog + len(self.model.component_names)
 
     @property
     def fe_params(self) -> pd.Series:

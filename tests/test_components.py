@@ -322,3 +322,17 @@ def test_lr_tests_refuse_fits_that_are_not_nested_or_not_of_the_same_data(mice):
     plain = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship, vc_formula=vc).fit()
     with pytest.raises(ValueError, match="not nested"):
         plain.compare_lr_test(other)
+
+
+def test_information_criteria_count_every_variance(mice):
+    data, kinship = mice
+    fit = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship,
+                             vc_formula={"cage": "0 + C(cage)"}).fit()
+    assert fit.df_modelwc == 2 + 3
+    assert fit.aic == pytest.approx(-2 * fit.llf + 2 * 5)
+    assert fit.bic == pytest.approx(-2 * fit.llf + np.log(len(data)) * 5)
+    one = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship).fit()
+    assert one.aic == pytest.approx(-2 * one.llf + 2 * 4)
+    reml = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship,
+                              vc_formula={"cage": "0 + C(cage)"}).fit(reml=True)
+    assert np.isnan(reml.aic) and np.isnan(reml.bic)

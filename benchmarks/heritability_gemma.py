@@ -13,9 +13,7 @@ profile-likelihood interval ``h2_conf_int()`` are printed beside them.
 
 from __future__ import annotations
 
-import gzip
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,19 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# The example's unpacking is gemma_workflow's (this folder is on sys.path when run).
+from gemma_workflow import PREFIX, unpack
+
 from emlmm import EMLMM, read_plink
-
-EXAMPLE = Path("/usr/share/doc/gemma/example")
-
-
-def unpack(folder: Path) -> Path:
-    for suffix in ("bed", "bim", "fam"):
-        with (
-            gzip.open(EXAMPLE / f"mouse_hs1940.{suffix}.gz", "rb") as source,
-            open(folder / f"mouse.{suffix}", "wb") as target,
-        ):
-            shutil.copyfileobj(source, target)
-    return folder / "mouse"
 
 
 def gemma_log(folder: Path, name: str) -> dict[str, float]:
@@ -51,10 +40,11 @@ def gemma_log(folder: Path, name: str) -> dict[str, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        prefix = unpack(folder)
+        unpack(folder)
+        prefix = folder / PREFIX
         print("phenotype  who            pve/h2     se(obs)    se(exp)   profile 95% CI")
         for column in (1, 2, 3):
-            run = ["gemma", "-bfile", "mouse", "-n", str(column)]
+            run = ["gemma", "-bfile", PREFIX, "-n", str(column)]
             subprocess.run([*run, "-gk", "1", "-o", f"k{column}"], cwd=folder, check=True,
                            capture_output=True)  # fmt: skip
             subprocess.run(

@@ -448,13 +448,12 @@ class GenomeScan:
         part = self._parts[number]
         if self.loco:
             model = self._null_model(self._loco_kinship(part))
-            used = pd.Index(model.data.row_labels)
-            genotypes = part.genotypes.for_individuals(used, self._data.index)
             if self._first_null is None:
                 self._first_null = model
         else:
             assert self.null_model is not None
-            model, genotypes = self.null_model, part.genotypes
+            model = self.null_model
+        genotypes = self._analysed_genotypes(number)
         null = model.fit_for_scan(self.maxiter, self.tol)
         scanner = (
             _ComponentScanner(null, self.method, self.maxiter, self.tol)

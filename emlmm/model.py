@@ -250,14 +250,28 @@ class EMLMM(LikelihoodModel):
     ) -> Any:
         from emlmm.results import ComponentsResults, ComponentsResultsWrapper
 
+        fit = self._component_trace(start_params, method, maxiter, tol, reml, disp)
+        return ComponentsResultsWrapper(
+            ComponentsResults(self, fit, reml=reml, method=method, use_t=use_t)
+        )
+
+    def _component_trace(
+        self,
+        start_params: ArrayLike | str | None,
+        method: FitMethod,
+        maxiter: int,
+        tol: float | None,
+        reml: bool,
+        disp: bool,
+    ) -> _components.ComponentFit:
+        """Fit the variance components (checking the arguments), in scaled units."""
         if method == "lab":
             raise ValueError(
                 "the lab's algorithm fits one kinship; with several variance components use "
                 "method='em' (the lab's EM, one update per component) or 'accelerated'"
             )
-        maxiter = check_count("maxiter", maxiter)
-        reml = check_flag("reml", reml)
-        tol = _em.DEFAULT_TOLERANCE if tol is None else check_positive("tol", tol)
+        maxiter, tol, reml = _check_fit_arguments(maxiter, tol, reml)
+        tol = _em.DEFAULT_TOLERANCE if tol is None else tol
         data = self._component_data
         scale = self._fit_data.endog_scale**2
         size = data.n_components
@@ -286,11 +300,9 @@ class EMLMM(LikelihoodModel):
             warnings.warn(
                 f"EM did not converge in {maxiter} iterations; raise maxiter",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        return ComponentsResultsWrapper(
-            ComponentsResults(self, fit, reml=reml, method=method, use_t=use_t)
-        )
+        return fit
 
     @cached_property
     def _lab_data(self) -> FitData:
@@ -562,12 +574,10 @@ class EMLMM(LikelihoodModel):
         True
         """
         if self.components is not None:
-            fits = [
-                self._fit_components(None, "accelerated", maxiter, tol, reml, False, False)
+            ml_theta, reml_theta = (
+                self._component_trace(None, "accelerated", maxiter, tol, reml, False).theta
                 for reml in (False, True)
-            ]
-            scale = self._fit_data.endog_scale**2
-            ml_theta, reml_theta = (fit.variance_components.to_numpy() / scale for fit in fits)
+            )
             return ComponentsNullFit(
                 self._fit_data, self._component_data, self.spectrum.eigenvectors,
                 ml_theta, reml_theta,
@@ -586,10 +596,7 @@ class EMLMM(LikelihoodModel):
         disp: bool,
     ) -> tuple[_em.EMTrace, FitData]:
         """Run EM (checking the arguments) and return its trace and the data it saw."""
-        maxiter = check_count("maxiter", maxiter)
-        reml = check_flag("reml", reml)
-        if tol is not None:
-            tol = check_positive("tol", tol)
+        maxiter, tol, reml = _check_fit_arguments(maxiter, tol, reml)
         lab = method == "lab"
         if lab and reml:
             raise ValueError("the lab's algorithm is maximum likelihood; use method='em' for REML")
@@ -663,6 +670,15 @@ class NullFit:
     eigenvectors: NDArray[np.float64]
     ml: _em.Estimate
     reml: _em.Estimate
+
+
+def _check_fit_arguments(maxiter: Any, tol: Any, reml: Any) -> tuple[int, float | None, bool]:
+    """``maxiter``, ``tol`` (None: the method's default) and ``reml``, checked."""
+    return (
+        check_count("maxiter", maxiter),
+        None if tol is None else check_positive("tol", tol),
+        check_flag("reml", reml),
+    )
 
 
 def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:

@@ -117,22 +117,25 @@ def run_gwas(args: argparse.Namespace) -> int:
     # then every input is read and checked before the heavy work (kinship, null model).
     with ScanOutput(args.out, overwrite=args.overwrite, resume=args.resume) as output:
         with read_plink(args.bfile) as plink, _dask_client(args.scheduler) as client:
-            data, terms, notes = _phenotype_and_covariates(args, plink)
-            analysed = data.index[data.notna().all(axis=1)]
+            data, phenotypes, terms, notes = _phenotype_and_covariates(args, plink, args.pheno_col)
+            covariates = data.drop(columns=phenotypes).notna().all(axis=1)
+            phenotyped = data[phenotypes].notna().any(axis=1)
+            analysed = data.index[covariates & phenotyped]
             if len(analysed) == 0:
                 raise ValueError(
                     "no individual has both a phenotype and every covariate: nothing to analyse"
                 )
-            no_phenotype = int(data["y"].isna().sum())
-            no_covariate = int((data["y"].notna() & data.isna().any(axis=1)).sum())
+            no_phenotype = int((~phenotyped).sum())
+            no_covariate = int((phenotyped & ~covariates).sum())
             notes.append(
                 f"dropped: {no_phenotype} without a phenotype, {no_covariate} more without "
                 "every covariate"
             )
             kinship = _kinship_for(args, plink, data.index, analysed)
             timings = {"reading inputs and kinship": time.perf_counter() - started}
+            several = phenotypes != ["y"]
             scan = GenomeScan(
-                f"y ~ {' + '.join(terms)} + snp",
+                f"{'' if several else 'y '}~ {' + '.join(terms)} + snp",
                 data,
                 plink,
                 kinship,
@@ -142,6 +145,7 @@ def run_gwas(args: argparse.Namespace) -> int:
                 min_maf=snp_filter.min_maf,
                 max_missing=snp_filter.max_missing,
                 hwe=snp_filter.hwe,
+                phenotypes=phenotypes if several else None,
             )
             timings["null model"] = time.perf_counter() - started - sum(timings.values())
             summary = scan.write(
@@ -170,51 +174,95 @@ def run_gwas(args: argparse.Namespace) -> int:
 
 
 def _phenotype_and_covariates(
-    args: argparse.Namespace, plink: Any
-) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """The phenotype (``y``) and covariates as columns of one frame indexed by sample
-    id, the formula's covariate terms, and notes for the log."""
+    args: argparse.Namespace, plink: Any, columns: int | Sequence[str]
+) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
+    """The phenotypes and covariates as columns of one frame indexed by sample id, the
+    phenotypes' names there (``["y"]`` for one phenotype), the formula's covariate
+    terms, and notes for the log.
+
+    ``columns`` numbers phenotypes as GEMMA's ``-n`` (from 1), in the .fam or
+    ``--pheno``: one number, several, or ``all``.
+    """
     from emlmm.io import read_covariates, read_phenotypes
 
     notes: list[str] = []
-    if args.pheno_col < 1:
-        raise ValueError(f"--pheno-col counts from 1 (GEMMA's -n), not {args.pheno_col}")
     if args.pheno is None:
-        phenotype = plink.phenotype(args.pheno_col)
-        notes.append(f"phenotype: column {args.pheno_col} of {plink.fam_path}")
+        source, available = str(plink.fam_path), None
     else:
-        phenotypes = read_phenotypes(args.pheno, plink.sample_ids)
-        if not 1 <= args.pheno_col <= phenotypes.shape[1]:
+        source = str(args.pheno)
+        available = read_phenotypes(args.pheno, plink.sample_ids)
+    if isinstance(columns, int):
+        columns = [str(columns)]
+    if list(columns) == ["all"]:
+        if available is None:
+            available = plink.phenotypes()
+        numbers = list(range(1, available.shape[1] + 1))
+    else:
+        numbers = []
+        for column in columns:
+            try:
+                numbers.append(int(column))
+            except ValueError:
+                raise ValueError(
+                    f"--pheno-col takes phenotype numbers (from 1, GEMMA's -n) or 'all', not "
+                    f"{column!r}"
+                ) from None
+        for number in numbers:
+            if number < 1:
+                raise ValueError(f"--pheno-col counts from 1 (GEMMA's -n), not {number}")
+        if len(set(numbers)) < len(numbers):
+            raise ValueError(f"--pheno-col names a phenotype twice: {' '.join(columns)}")
+    picked: list[pd.Series] = []
+    for number in numbers:
+        if available is None:
+            picked.append(plink.phenotype(number).rename(f"pheno{number}"))
+            continue
+        if not 1 <= number <= available.shape[1]:
             raise ValueError(
-                f"phenotype column {args.pheno_col} does not exist: {args.pheno} holds "
-                f"{phenotypes.shape[1]} phenotype(s) ({', '.join(map(str, phenotypes.columns))})"
+                f"phenotype column {number} does not exist: {args.pheno} holds "
+                f"{available.shape[1]} phenotype(s) ({', '.join(map(str, available.columns))})"
             )
-        phenotype = phenotypes.iloc[:, args.pheno_col - 1]
-        notes.append(f"phenotype: {phenotype.name!r}, column {args.pheno_col} of {args.pheno}")
-    data = pd.DataFrame({"y": phenotype.to_numpy(dtype=float)}, index=plink.sample_ids)
+        picked.append(available.iloc[:, number - 1])
+    if len(picked) == 1:
+        names = ["y"]
+        what = "" if args.pheno is None else f"{picked[0].name!r}, "
+        notes.append(f"phenotype: {what}column {numbers[0]} of {source}")
+    else:
+        names = [str(series.name) for series in picked]
+        if len(set(names)) < len(names):
+            names = [f"pheno{number}" for number in numbers]
+        notes.append(
+            f"phenotypes: {', '.join(names)} (columns {', '.join(map(str, numbers))} of "
+            f"{source}), each scanned on its own (univariate, not GEMMA's multivariate -n)"
+        )
+    data = pd.DataFrame(
+        {name: series.to_numpy(dtype=float) for name, series in zip(names, picked, strict=True)},
+        index=plink.sample_ids,
+    )
     if getattr(args, "covar", None) is None:
-        return data, ["1"], notes
+        return data, names, ["1"], notes
     covariates = read_covariates(args.covar, plink.sample_ids)
     # The file's own names where they can stand in a formula, else c1, c2, ...
-    names = [
-        str(name) if str(name).isidentifier() and str(name) not in ("y", "snp") else f"c{j + 1}"
+    taken = {"y", "snp", *names}
+    covariate_names = [
+        str(name) if str(name).isidentifier() and str(name) not in taken else f"c{j + 1}"
         for j, name in enumerate(covariates.columns)
     ]
-    if len(set(names)) < len(names):
-        names = [f"c{j + 1}" for j in range(len(names))]
-    data[names] = covariates.to_numpy(dtype=float)
-    constant = [name for name in names if data[name].nunique() == 1]
+    if len(set(covariate_names) | taken) < len(covariate_names) + len(taken):
+        covariate_names = [f"covariate{j + 1}" for j in range(len(covariate_names))]
+    data[covariate_names] = covariates.to_numpy(dtype=float)
+    constant = [name for name in covariate_names if data[name].nunique() == 1]
     notes.append(f"covariates: {', '.join(map(str, covariates.columns))} from {args.covar}")
     if constant:
         # GEMMA's -c convention: the file holds the whole design, intercept included.
-        return data, ["0", *names], notes
+        return data, names, ["0", *covariate_names], notes
     print(
         "note: the covariate file has no constant column, so an intercept is added "
         "(as GEMMA does)",
         file=sys.stderr,
     )
     notes.append("covariates: no constant column, so an intercept was added (as GEMMA does)")
-    return data, ["1", *names], notes
+    return data, names, ["1", *covariate_names], notes
 
 
 def _kinship_for(
@@ -292,7 +340,7 @@ def run_kinship(args: argparse.Namespace) -> int:
         analysed = None
         if args.pheno_col is not None or args.pheno is not None:
             args.pheno_col = 1 if args.pheno_col is None else args.pheno_col
-            data, _, _ = _phenotype_and_covariates(args, plink)
+            data, _, _, _ = _phenotype_and_covariates(args, plink, args.pheno_col)
             analysed = data.index[data.notna().all(axis=1)]
         matrix = kinship(
             plink,
@@ -366,10 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--pheno-col",
-        type=int,
-        default=1,
+        nargs="+",
+        default=["1"],
         metavar="N",
-        help="which phenotype, as GEMMA's -n: the Nth of --pheno, or of the .fam (column 5 + N)",
+        help="which phenotype, as GEMMA's -n: the Nth of --pheno, or of the .fam (column 5 + N). "
+        "Several numbers, or 'all', scan each phenotype on its own (univariate scans, not "
+        "GEMMA's multivariate -n 1 2) into one table with a phenotype column, sharing the "
+        "eigendecomposition and each chunk's rotation",
     )
     scan.add_argument(
         "--covar",

@@ -6,12 +6,38 @@ eigenbasis of the kinship, where ``V = sigma2_a * A + sigma2_e * I`` is diagonal
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["KinshipSpectrum", "pseudo_inverse_tolerance"]
+__all__ = ["KinshipSpectrum", "pseudo_inverse_tolerance", "shared_spectra"]
+
+#: Spectra computed inside :func:`shared_spectra`, by the kinship's content.
+_shared: dict[tuple[tuple[int, ...], bytes], KinshipSpectrum] | None = None
+
+
+@contextmanager
+def shared_spectra() -> Iterator[None]:
+    """Within this block, a kinship equal (bit for bit) to one already decomposed
+    reuses that eigendecomposition instead of computing it again.
+
+    A scan of several phenotypes builds one null model per phenotype; those analysed
+    on the same individuals see the same kinship, which is then decomposed once.
+    Hashing the matrix costs ``O(n^2)``, against the ``O(n^3)`` it saves; nothing is
+    kept after the block.
+    """
+    global _shared
+    outer = _shared
+    if outer is None:
+        _shared = {}
+    try:
+        yield
+    finally:
+        _shared = outer
 
 
 def pseudo_inverse_tolerance(largest_eigenvalue: float) -> float:
@@ -48,6 +74,12 @@ class KinshipSpectrum:
         ValueError
             If the kinship has an eigenvalue that is negative beyond round-off.
         """
+        key = None
+        if _shared is not None:
+            contiguous = np.ascontiguousarray(kinship, dtype=np.float64)
+            key = (contiguous.shape, hashlib.blake2b(contiguous.data, digest_size=32).digest())
+            if key in _shared:
+                return _shared[key]
         eigenvalues, eigenvectors = np.linalg.eigh(kinship)
         largest = float(np.max(np.abs(eigenvalues))) if eigenvalues.size else 0.0
         tolerance = pseudo_inverse_tolerance(largest)
@@ -60,7 +92,10 @@ class KinshipSpectrum:
                 "missing values, recompute it or project it onto the PSD cone."
             )
         eigenvalues = np.where(np.abs(eigenvalues) <= tolerance, 0.0, eigenvalues)
-        return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+        spectrum = cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+        if _shared is not None and key is not None:
+            _shared[key] = spectrum
+        return spectrum
 
     @property
     def n(self) -> int:

@@ -19,7 +19,10 @@ import os
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +46,7 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
 )
+from emlmm._spectral import shared_spectra
 from emlmm._threads import one_blas_thread
 from emlmm.genotypes import (
     FILTER_REASONS,
@@ -63,6 +67,9 @@ ProgressCallback = Callable[[int, int], None]
 #: Errors that mean a SNP's fit broke down numerically: the SNP gets a note and the
 #: scan goes on. Anything else (a bug, bad input) propagates.
 NUMERICAL_ERRORS = (np.linalg.LinAlgError, ArithmeticError)
+
+#: Threads sharing out a chunk's per-SNP fits (None: every core this process may use).
+_FIT_THREADS: ContextVar[int | None] = ContextVar("fit_threads", default=None)
 
 #: Output columns, in order (``chr`` and ``pos`` come first when known).
 COLUMNS = [
@@ -123,7 +130,7 @@ class _Chunk:
     first: int
     stop: int
     reasons: NDArray[np.str_]
-    scanner: _Scanner | None
+    scanner: _Scanner | _PhenotypesScanner | None
     block: NDArray[np.float64]
 
 
@@ -154,6 +161,19 @@ class _Part:
     positions: NDArray[np.intp]
     #: Their genotypes (every row of ``data`` for LOCO; the null model picks its own).
     genotypes: Genotypes
+
+
+@dataclass
+class _PhenotypeGroup:
+    """Null models of phenotypes analysed on the same individuals (one eigendecomposition):
+    the first one's model (its kinship and covariates), and each phenotype's name,
+    response and null fit."""
+
+    labels: pd.Index
+    model: EMLMM
+    names: list[str | None]
+    endogs: list[NDArray[np.float64]]
+    nulls: list[NullFit | ComponentsNullFit]
 
 
 class GenomeScan:
@@ -308,9 +328,11 @@ class GenomeScan:
         max_missing: float = 0.05,
         hwe: float | None = None,
         vc_formula: dict[str, str] | None = None,
+        phenotypes: Sequence[str] | None = None,
         eval_env: int | dict[str, Any] | patsy.EvalEnvironment = 0,
     ) -> None:
         check_formula_inputs(formula, data)
+        self.phenotypes = _check_phenotypes(phenotypes, formula, data, vc_formula)
         check_choice("method", method, ("exact", "fixed"))
         self.formula = formula
         self.method: ScanMethod = method
@@ -342,7 +364,6 @@ class GenomeScan:
                     "loco=True needs chromosome labels: use PLINK genotypes "
                     "(emlmm.read_plink) or pass chromosomes=[...], one per SNP"
                 )
-            self.null_model = None
             everyone = source.for_individuals(data.index, data.index)
             chromosome = source.snps["chr"].to_numpy()
             self._parts = [
@@ -351,33 +372,42 @@ class GenomeScan:
                 for positions in [np.nonzero(chromosome == label)[0]]
             ]
             self._loco_genotypes = everyone
-            n_rows = len(data.index)
         else:
-            self.null_model = self._null_model(kinship)
-            used = pd.Index(self.null_model.data.row_labels)
-            aligned = source.for_individuals(used, data.index)
-            self._parts = [_Part(None, np.arange(source.n_snps), aligned)]
-            n_rows = len(used)
-        self.chunk_size = chunk_size or default_chunk_size(n_rows, source.n_snps)
-        self._order = np.concatenate([np.zeros(0, np.intp)] + [p.positions for p in self._parts])
-        self._current: tuple[int, _Scanner, Genotypes] | None = None
+            self._parts = [_Part(None, np.arange(source.n_snps), source)]
+        self._kinship = kinship
+        self.null_model = None
+        self._current: tuple[int, _Scanner | _PhenotypesScanner, Genotypes] | None = None
         self.null_estimates: dict[str, pd.DataFrame] = {}
-        self._first_null: EMLMM | None = None  # LOCO: the first chromosome's null model
+        #: The first part's null models by groups of individuals; the individuals
+        #: analysed for any phenotype (all parts analyse the same ones).
+        self._first_groups: list[_PhenotypeGroup] | None = None
+        self._analysed: pd.Index | None = None
+        self._order = np.concatenate([np.zeros(0, np.intp)] + [p.positions for p in self._parts])
+        self.chunk_size = chunk_size or 0
         if not self.loco:
             self._scanner(0)  # fit the null model now: its errors belong to building
+            assert self._analysed is not None
+            n_rows = len(self._analysed)
+        else:
+            n_rows = len(data.index)
+        self.chunk_size = chunk_size or default_chunk_size(n_rows, source.n_snps)
 
     @property
     def individuals(self) -> dict[str, int]:
         """Individuals in ``data``, analysed (complete phenotype and covariates), and
         dropped."""
-        model = self.null_model or self._first_null
-        if model is None:
-            self._scanner(0)
-            model = self._first_null
-        assert model is not None
-        analysed = int(model.nobs)
+        analysed = len(self._analysed_labels())
         return {"total": len(self._data), "analysed": analysed,
                 "dropped": len(self._data) - analysed}  # fmt: skip
+
+    @property
+    def phenotype_individuals(self) -> dict[str, int]:
+        """With ``phenotypes``: the individuals analysed for each phenotype (those with
+        the phenotype and every covariate)."""
+        self._analysed_labels()
+        assert self._first_groups is not None
+        return {str(name): len(group.labels) for group in self._first_groups
+                for name in group.names}  # fmt: skip
 
     def report(
         self,
@@ -405,6 +435,15 @@ class GenomeScan:
             f"## individuals: {people['total']} in total, {people['analysed']} analysed, "
             f"{people['dropped']} dropped (a missing phenotype or covariate)"
         )
+        if self.phenotypes is not None:
+            assert self._first_groups is not None
+            lines.append(
+                f"## phenotypes: {len(self.phenotypes)}, each scanned on its own "
+                f"(univariate), in {len(self._first_groups)} group(s) of the same individuals "
+                "(one eigendecomposition and one rotation of each chunk per group)"
+            )
+            lines += [f"##   {name}: {count} individuals analysed"
+                      for name, count in self.phenotype_individuals.items()]  # fmt: skip
         f = self.snp_filter
         lines.append(
             f"## SNP filters: min_maf = {f.min_maf:g}, max_missing = {f.max_missing:g}, "
@@ -431,52 +470,101 @@ class GenomeScan:
         """Number of SNPs."""
         return len(self.snps)
 
-    def _null_model(self, kinship: Any) -> EMLMM:
+    def _null_model(self, kinship: Any, phenotype: str | None) -> EMLMM:
+        formula = self._null_formula
+        if phenotype is not None:  # the formula has no response: each phenotype's own
+            formula = f"Q({phenotype!r}) {formula}"
         return EMLMM.from_formula(
-            self._null_formula,
+            formula,
             data=self._data,
             kinship=kinship,
             vc_formula=self.vc_formula,
             eval_env=self._eval_env,
         )
 
-    def _scanner(self, number: int) -> tuple[_Scanner, Genotypes]:
-        """Part ``number``'s scanner and genotypes (for the individuals its null model
-        analyses); LOCO keeps only the latest ones."""
+    def _null_groups(self, part: _Part) -> list[_PhenotypeGroup]:
+        """A part's null model of each phenotype, fitted, grouped by the individuals
+        analysed: a group shares the eigendecomposition (decomposed once)."""
+        kinship = self._loco_kinship(part) if self.loco else self._kinship
+        groups: dict[Any, _PhenotypeGroup] = {}
+        where = "all" if part.label is None else f"chromosome {part.label}"
+        with shared_spectra():
+            names: list[str | None] = [None] if self.phenotypes is None else [*self.phenotypes]
+            for name in names:
+                model = self._null_model(kinship, name)
+                null = model.fit_for_scan(self.maxiter, self.tol)
+                vectors = null.eigenvectors
+                key = (tuple(model.data.row_labels), vectors.__array_interface__["data"][0],
+                       vectors.shape, vectors.strides)  # fmt: skip
+                if key not in groups:
+                    labels = pd.Index(model.data.row_labels)
+                    groups[key] = _PhenotypeGroup(labels, model, [], [], [])
+                group = groups[key]
+                group.names.append(name)
+                group.endogs.append(model.endog)
+                group.nulls.append(null)
+                label = where if name is None else f"{name}, {where}"
+                if label not in self.null_estimates:
+                    self.null_estimates[label] = _null_estimates(model, self.maxiter, self.tol)
+                if self.phenotypes is None and not self.loco:
+                    self.null_model = model
+        return list(groups.values())
+
+    def _scanner(self, number: int) -> tuple[_Scanner | _PhenotypesScanner, Genotypes]:
+        """Part ``number``'s scanner and genotypes (for the individuals its null models
+        analyse); LOCO keeps only the latest ones."""
         if self._current is not None and self._current[0] == number:
             return self._current[1], self._current[2]
-        part = self._parts[number]
-        if self.loco:
-            model = self._null_model(self._loco_kinship(part))
-            if self._first_null is None:
-                self._first_null = model
-        else:
-            assert self.null_model is not None
-            model = self.null_model
+        groups = self._null_groups(self._parts[number])
+        if self._first_groups is None:
+            self._first_groups = groups
+            analysed = set().union(*(set(group.labels) for group in groups))
+            index = pd.Index(self._data.index)
+            self._analysed = index[index.isin(analysed)]
         genotypes = self._analysed_genotypes(number)
-        null = model.fit_for_scan(self.maxiter, self.tol)
-        scanner = (
-            _ComponentScanner(null, self.method, self.maxiter, self.tol)
-            if isinstance(null, ComponentsNullFit)
-            else _Scanner(null, self.method, self.maxiter, self.tol)
-        )
-        label = "all" if part.label is None else f"chromosome {part.label}"
-        if label not in self.null_estimates:
-            self.null_estimates[label] = _null_estimates(model, self.maxiter, self.tol)
+        scanners = [[self._one_scanner(null) for null in group.nulls] for group in groups]
+        scanner: _Scanner | _PhenotypesScanner
+        if self.phenotypes is None:
+            scanner = scanners[0][0]
+        else:
+            assert self._analysed is not None
+            order = {name: i for i, name in enumerate(self.phenotypes)}
+            scanner = _PhenotypesScanner(
+                [
+                    _RotationGroup(
+                        None if len(groups) == 1 else self._analysed.get_indexer(group.labels),
+                        group.nulls[0].eigenvectors,
+                        [
+                            (order[str(name)], str(name), one)
+                            for name, one in zip(group.names, ones, strict=True)
+                        ],
+                    )
+                    for group, ones in zip(groups, scanners, strict=True)
+                ],
+                self.phenotypes,
+                self.snp_filter,
+            )
         self._current = (number, scanner, genotypes)
         return scanner, genotypes
+
+    def _one_scanner(self, null: NullFit | ComponentsNullFit) -> _Scanner:
+        if isinstance(null, ComponentsNullFit):
+            return _ComponentScanner(null, self.method, self.maxiter, self.tol)
+        return _Scanner(null, self.method, self.maxiter, self.tol)
+
+    def _analysed_labels(self) -> pd.Index:
+        """The individuals analysed for any phenotype, in ``data``'s order."""
+        if self._analysed is None:
+            self._scanner(0)
+        assert self._analysed is not None
+        return self._analysed
 
     def _analysed_genotypes(self, number: int) -> Genotypes:
         """Part ``number``'s genotypes for the individuals analysed (the same for every
         LOCO null model: only the kinship changes), without fitting its null model."""
-        part = self._parts[number]
-        if not self.loco:
-            return part.genotypes
-        if self._first_null is None:
-            self._scanner(0)
-        assert self._first_null is not None
-        used = pd.Index(self._first_null.data.row_labels)
-        return part.genotypes.for_individuals(used, self._data.index)
+        return self._parts[number].genotypes.for_individuals(
+            self._analysed_labels(), self._data.index
+        )
 
     @cached_property
     def _kinship_sums(self) -> tuple[NDArray[np.float64], int]:
@@ -557,11 +645,10 @@ class GenomeScan:
         start = check_count("start", start, 0)
         check_choice("format", format, ("emlmm", "gemma"))
         report = _Progress(self.n_snps) if progress is True else (progress or None)
-        chunks = self._chunks(start)
         results = (
-            ((chunk, _scan_chunk(chunk)) for chunk in chunks)
+            ((chunk, _scan_chunk(chunk)) for chunk in self._chunks(start))
             if client is None
-            else _distributed(client, chunks)
+            else self._distributed(client, start)
         )
         for chunk, table in results:
             labelled = self._labelled(chunk, table)
@@ -574,34 +661,72 @@ class GenomeScan:
             if report is not None:
                 report(chunk.stop, self.n_snps)
 
-    def _chunks(self, start: int, scan: bool = True) -> Iterator[_Chunk]:
-        """The chunks from scan-order position ``start`` on, filtered (``scan=False``:
-        without building the scanners, to count and name the SNPs only)."""
+    def _ranges(self, start: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(part, offset, first, stop)`` of each chunk from scan-order position
+        ``start`` on: SNPs ``first`` to ``stop - 1`` of the part, which starts at
+        scan-order position ``offset``."""
         offset = 0
         for number, part in enumerate(self._parts):
             size = len(part.positions)
-            if start < offset + size:
-                if scan:
-                    scanner, genotypes = self._scanner(number)
-                else:
-                    scanner, genotypes = None, self._analysed_genotypes(number)
-                for first, stop, block in genotypes.chunks(
-                    self.chunk_size, max(start - offset, 0)
-                ):
-                    reasons = self.snp_filter.reasons(block)
-                    kept = reasons == ""
-                    if not kept.all():
-                        block = block[:, kept]
-                    yield _Chunk(offset + first, offset + stop, reasons, scanner, block)
+            for first in range(max(start - offset, 0), size, self.chunk_size):
+                yield number, offset, first, min(first + self.chunk_size, size)
             offset += size
+
+    def _chunks(self, start: int, scan: bool = True) -> Iterator[_Chunk]:
+        """The chunks from scan-order position ``start`` on, filtered (``scan=False``:
+        without building the scanners, to count and name the SNPs only)."""
+        current: tuple[int, Any, Genotypes] | None = None
+        for number, offset, first, stop in self._ranges(start):
+            if current is None or current[0] != number:
+                if scan:
+                    current = (number, *self._scanner(number))
+                else:
+                    current = (number, None, self._analysed_genotypes(number))
+            block = current[2].read(first, stop)
+            reasons = self.snp_filter.reasons(block)
+            kept = reasons == ""
+            if not kept.all():
+                block = block[:, kept]
+            yield _Chunk(offset + first, offset + stop, reasons, current[1], block)
+
+    def _distributed(self, client: Any, start: int) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
+        """Chunks tested on a Dask client's workers, a few in flight, in order.
+
+        Each part's scanner and genotype reader (a PLINK fileset's path, a dask array's
+        graph, or an in-memory table) go to every worker once; a task then names its
+        SNPs, and the worker reads, filters and tests them itself, and sends back the
+        table alone.
+        """
+        in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
+        sent: tuple[int, Any, Any] | None = None
+        pending: deque[tuple[int, int, int, Any]] = deque()
+        for number, offset, first, stop in self._ranges(start):
+            if sent is None or sent[0] != number:
+                scanner, genotypes = self._scanner(number)
+                sent = (
+                    number,
+                    client.scatter(scanner, broadcast=True, hash=False),
+                    client.scatter(genotypes, broadcast=True, hash=False),
+                )
+            task = client.submit(
+                _scan_range, sent[1], sent[2], self.snp_filter, first, stop, pure=False
+            )
+            pending.append((offset, first, stop, task))
+            while len(pending) >= in_flight:
+                yield _received(*pending.popleft())
+        while pending:
+            yield _received(*pending.popleft())
 
     def _labelled(self, chunk: _Chunk, table: pd.DataFrame) -> pd.DataFrame:
         """A chunk's statistics indexed by SNP id, with what is known of each SNP (and
         the scanner's extra column ``l_remle`` last)."""
         snps = self.snps.iloc[self._order[chunk.first : chunk.stop][chunk.reasons == ""]]
         known = [column for column in SNP_COLUMNS if column in snps.columns]
+        first = []
+        if "phenotype" in table.columns:  # a row per SNP and phenotype
+            snps, first = snps.iloc[table.index.to_numpy()], ["phenotype"]
         table.index = snps.index
-        return pd.concat([snps[known], table], axis=1)[[*known, *COLUMNS, "l_remle"]]
+        return pd.concat([snps[known], table], axis=1)[[*first, *known, *COLUMNS, "l_remle"]]
 
     def run(
         self,
@@ -643,18 +768,28 @@ class GenomeScan:
         of the SNP list (ids, chromosomes, positions, alleles), with its length. A
         written table's record adds the table's format and columns.
         """
+        analysed = self._analysed_labels()
+        assert self._first_groups is not None
+        groups = self._first_groups
+        model = groups[0].model
         if self.loco:
-            self._scanner(0)
-            assert self._first_null is not None
-            model = self._first_null
             kinship = "leave one chromosome out: centered, from the genotypes"
         else:
-            assert self.null_model is not None
-            model = self.null_model
-            kinship = _digest(model.kinship)
+            kinship = _digest(*(group.model.kinship for group in groups))
+        phenotype: Any = _digest(model.endog)
+        covariates = _digest(model.exog, model.exog_names)
+        if self.phenotypes is not None:
+            phenotype = {
+                str(name): _digest(endog)
+                for group in groups
+                for name, endog in zip(group.names, group.endogs, strict=True)
+            }
+            covariates = _digest(*(group.model.exog for group in groups), model.exog_names)
         from emlmm import __version__
 
+        extra = {} if self.phenotypes is None else {"phenotypes": list(self.phenotypes)}
         return {
+            **extra,
             "format": IDENTITY_FORMAT,
             "emlmm": __version__,
             "formula": self.formula,
@@ -667,19 +802,20 @@ class GenomeScan:
                 "max_missing": self.snp_filter.max_missing,
                 "hwe": self.snp_filter.hwe,
             },
-            "samples": {"count": int(model.nobs), "ids": _digest(model.data.row_labels)},
-            "phenotype": _digest(model.endog),
-            "covariates": _digest(model.exog, model.exog_names),
+            "samples": {"count": len(analysed), "ids": _digest(analysed)},
+            "phenotype": phenotype,
+            "covariates": covariates,
             "kinship": kinship,
             "snps": {"count": self.n_snps, "list": _digest(self.snps.index, *self.snps.T.values)},
         }
 
     def header(self, format: TableFormat = "emlmm") -> list[str]:
         """The columns of a written table (emlmm's: the SNP id first)."""
+        first = [] if self.phenotypes is None else ["phenotype"]
         if format == "gemma":
-            return list(GEMMA_COLUMNS)
+            return [*first, *GEMMA_COLUMNS]
         known = [column for column in SNP_COLUMNS if column in self.snps.columns]
-        return ["snp", *known, *COLUMNS]
+        return ["snp", *first, *known, *COLUMNS]
 
     def write(
         self,
@@ -756,6 +892,8 @@ class GenomeScan:
             )
         identity = {**self.identity, "table": {"format": format, "columns": self.header(format)}}
         found = output.begin(identity, self.header(format))
+        if self.phenotypes is not None and found:
+            found = self._whole_snps(found, output)
         counts = _SnpCounts()
         start = self._position_after(found, counts, output) if found else 0
         output.continue_table()
@@ -768,6 +906,21 @@ class GenomeScan:
         )
         _warn_counts(failed, unconverged, self.snp_counts["analysed"] - len(found), "", 4)
         return summary
+
+    def _whole_snps(self, found: list[str], output: ScanOutput) -> list[str]:
+        """Resuming a scan of several phenotypes: the SNPs of an earlier run with a row
+        for every phenotype (the rows of a SNP cut short are dropped)."""
+        count = len(self.phenotypes or ())
+        whole = len(found) // count * count
+        if whole < len(found):
+            output.keep_rows(whole)
+        rows = np.asarray(found[:whole], dtype=object).reshape(-1, count)
+        if not (rows == rows[:, :1]).all():
+            raise ScanFileError(
+                f"cannot resume {output.path}: its rows are not each SNP's phenotypes in turn "
+                "(was it edited?); remove it or overwrite it (overwrite=True, --overwrite)"
+            )
+        return [str(snp) for snp in rows[:, 0]]
 
     def _position_after(self, found: list[str], counts: _SnpCounts, output: ScanOutput) -> int:
         """The input position after the SNPs of an earlier run, found by filtering the
@@ -806,21 +959,35 @@ class GenomeScan:
             )
 
 
-def _distributed(client: Any, chunks: Iterator[_Chunk]) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
-    """Chunks tested on a Dask client's workers, a few in flight, in order."""
-    in_flight = 2 * max(len(client.scheduler_info().get("workers", {})), 1)
-    scattered: tuple[_Scanner, Any] | None = None
-    pending: list[tuple[_Chunk, Any]] = []
-    for chunk in chunks:
-        assert chunk.scanner is not None
-        if scattered is None or scattered[0] is not chunk.scanner:
-            scattered = (chunk.scanner, client.scatter(chunk.scanner, broadcast=True))
-        pending.append((chunk, client.submit(_scan_block, scattered[1], chunk.block, pure=False)))
-        while len(pending) >= in_flight:
-            done, future = pending.pop(0)
-            yield done, future.result()
-    for done, future in pending:
-        yield done, future.result()
+def _scan_range(
+    scanner: _Scanner | _PhenotypesScanner,
+    genotypes: Genotypes,
+    snp_filter: SnpFilter,
+    first: int,
+    stop: int,
+) -> tuple[NDArray[np.str_], pd.DataFrame]:
+    """On a Dask worker: read SNPs ``first`` to ``stop - 1``, filter and test them.
+
+    The worker's own threads are Dask's: the fits use one, and a dask array's slice
+    is computed here, in this task (never by tasks of the same cluster it would
+    wait for)."""
+    import dask
+
+    token = _FIT_THREADS.set(1)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            block = genotypes.read(first, stop)
+        reasons = snp_filter.reasons(block)
+        kept = reasons == ""
+        return reasons, scanner.scan(block if kept.all() else block[:, kept])
+    finally:
+        _FIT_THREADS.reset(token)
+
+
+def _received(offset: int, first: int, stop: int, task: Any) -> tuple[_Chunk, pd.DataFrame]:
+    """A chunk tested on a worker, as :meth:`GenomeScan._chunks` gives it here."""
+    reasons, table = task.result()
+    return _Chunk(offset + first, offset + stop, reasons, None, np.empty((0, 0))), table
 
 
 def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
@@ -863,7 +1030,9 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
 
     with np.errstate(divide="ignore", invalid="ignore"):
         l_mle = labelled.sigma2_a.to_numpy(float) / labelled.sigma2_e.to_numpy(float)
+    first = {} if "phenotype" not in labelled else {"phenotype": column("phenotype", "")}
     table = {
+        **first,
         "chr": column("chr", -9),
         "rs": pd.Series(np.asarray(labelled.index), dtype=object),
         "ps": column("pos", -9),
@@ -993,6 +1162,14 @@ class ScanOutput:
         self._file.flush()
         self._keep = None
         return []
+
+    def keep_rows(self, count: int) -> None:
+        """Resuming: keep the header and only the first ``count`` complete rows of the
+        earlier run (the rest is cut off by :meth:`continue_table`)."""
+        assert self._keep is not None
+        self._file.seek(0)
+        lines = self._file.read(self._keep).splitlines(keepends=True)
+        self._keep = sum(len(line) for line in lines[: count + 1])
 
     def continue_table(self) -> None:
         """After :meth:`begin`: cut off a partly written last line of an earlier run,
@@ -1125,6 +1302,7 @@ def gwas(
     max_missing: float = 0.05,
     hwe: float | None = None,
     vc_formula: dict[str, str] | None = None,
+    phenotypes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Scan SNPs one at a time, as the lab does, with GEMMA's three tests.
 
@@ -1135,8 +1313,9 @@ def gwas(
     ----------
     formula, data, genotypes, kinship, method, chunk_size, maxiter, tol, loco, chromosomes
         As for :class:`GenomeScan`.
-    vc_formula
-        Extra variance components, as for :class:`GenomeScan`.
+    vc_formula, phenotypes
+        Extra variance components, or several phenotypes each scanned on its own, as
+        for :class:`GenomeScan`.
     min_maf, max_missing, hwe
         GEMMA's SNP filters, as for :class:`GenomeScan` (on by default, as in GEMMA:
         ``min_maf=0, max_missing=1`` tests every SNP).
@@ -1187,6 +1366,7 @@ def gwas(
         max_missing=max_missing,
         hwe=hwe,
         vc_formula=vc_formula,
+        phenotypes=phenotypes,
         eval_env=capture_namespace(),
     )
     return scan.run(client=client, progress=progress)
@@ -1308,6 +1488,14 @@ class _Scanner:
         self.null_fixed_llf = float(_em.log_likelihood(self.null_data, null_fixed))
 
     def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
+        """A chunk's table (one row per column of ``block``, individuals x SNPs)."""
+        return self.scan_rotated(block, rotate_block(block, self.eigenvectors))
+
+    def scan_rotated(
+        self, block: NDArray[np.float64], rotated: NDArray[np.float64]
+    ) -> pd.DataFrame:
+        """A chunk's table from its genotypes and their rotation (:func:`rotate_block`),
+        which scanners of several phenotypes on the same individuals share."""
         n_miss = np.isnan(block).sum(axis=0)
         observed = block.shape[0] - n_miss
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1316,38 +1504,52 @@ class _Scanner:
         table = pd.DataFrame(np.nan, index=range(block.shape[1]), columns=[*COLUMNS, "l_remle"])
         table["af"], table["n_miss"] = means / 2.0, n_miss
         table["n_iter"], table["converged"], table["note"] = 0, False, ""
-        imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
-        # (U'G)', one row per SNP: per-SNP sums then run along contiguous memory.
-        rotated = imputed.T @ self.eigenvectors
         notes = self._notes(block, observed, rotated)
         table["note"] = notes
         good = np.nonzero(notes == "")[0]
         step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
-        groups: list[tuple[NDArray[np.intp], dict[str, NDArray[Any]]]] = []
-        # The per-SNP fits are small batched products: one BLAS thread (the rotation
-        # above, one large product, keeps them all).
+        blocks = [good[first : first + step] for first in range(0, good.size, step)]
+        # The per-SNP fits are small batched products: one BLAS thread each, and the
+        # blocks of SNPs shared out between the cores (NumPy releases the GIL in its
+        # loops). The rotation, one large product, keeps every BLAS thread.
+        workers = min(_FIT_THREADS.get() or available_cores(), len(blocks))
         with one_blas_thread(self.null_data.k_exog + 1):
-            for first in range(0, good.size, step):
-                rows = good[first : first + step]
-                try:
-                    groups.append((rows, self._statistics(rotated[rows])))
-                except NUMERICAL_ERRORS:
-                    # Something failed for the block as a whole: redo it SNP by SNP, so
-                    # that a failure stays in the row of the SNP that caused it.
-                    for j in rows:
-                        try:
-                            groups.append((np.array([j]), self._statistics(rotated[[j]])))
-                        except NUMERICAL_ERRORS as exc:
-                            table.loc[j, "note"] = f"failed: {type(exc).__name__}: {exc}"
+            if workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    done = list(pool.map(lambda rows: self._block(rotated, rows), blocks))
+            else:
+                done = [self._block(rotated, rows) for rows in blocks]
         columns: dict[str, NDArray[Any]] = {}
-        for rows, statistics in groups:
-            for column, values in statistics.items():
-                if column not in columns:
-                    columns[column] = table[column].to_numpy(copy=True)
-                columns[column][rows] = values
+        for groups in done:
+            for rows, statistics in groups:
+                if isinstance(statistics, str):
+                    table.loc[rows[0], "note"] = statistics
+                    continue
+                for column, values in statistics.items():
+                    if column not in columns:
+                        columns[column] = table[column].to_numpy(copy=True)
+                    columns[column][rows] = values
         for column, values in columns.items():
             table[column] = values
         return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
+
+    def _block(
+        self, rotated: NDArray[np.float64], rows: NDArray[np.intp]
+    ) -> list[tuple[NDArray[np.intp], dict[str, NDArray[Any]] | str]]:
+        """Statistics of the SNPs ``rows``, together; a failure for the block as a
+        whole is redone SNP by SNP, so that it stays in the row of the SNP that
+        caused it (as a note: ``failed: ...``)."""
+        try:
+            return [(rows, self._statistics(rotated[rows]))]
+        except NUMERICAL_ERRORS:
+            pass
+        groups: list[tuple[NDArray[np.intp], dict[str, NDArray[Any]] | str]] = []
+        for j in rows:
+            try:
+                groups.append((np.array([j]), self._statistics(rotated[[j]])))
+            except NUMERICAL_ERRORS as exc:
+                groups.append((np.array([j]), f"failed: {type(exc).__name__}: {exc}"))
+        return groups
 
     def _notes(
         self, block: NDArray[np.float64], observed: NDArray[np.intp], rotated: NDArray[np.float64]
@@ -1646,6 +1848,115 @@ class _SnpFits:
     llf: NDArray[np.float64]
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def rotate_block(
+    block: NDArray[np.float64], eigenvectors: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """A chunk's genotypes (individuals x SNPs, NaN for missing) in the kinship's
+    eigenbasis, one row per SNP: ``(U' g)'``, missing genotypes imputed by the SNP's
+    mean (0 for a SNP with none observed)."""
+    observed = block.shape[0] - np.isnan(block).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.nansum(block, axis=0) / observed
+    imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
+    # One row per SNP: per-SNP sums then run along contiguous memory.
+    return imputed.T @ eigenvectors
+
+
+@dataclass(frozen=True)
+class _RotationGroup:
+    """Phenotypes analysed on the same individuals (``rows`` of a chunk; None: all):
+    each chunk is rotated once, by ``eigenvectors``, for all of them. ``scanners``
+    holds each phenotype's position among all phenotypes, name and scanner."""
+
+    rows: NDArray[np.intp] | None
+    eigenvectors: NDArray[np.float64]
+    scanners: list[tuple[int, str, _Scanner]]
+
+
+class _PhenotypesScanner:
+    """Several phenotypes, each scanned on its own against every SNP of a chunk.
+
+    The chunk is rotated once per group of phenotypes analysed on the same
+    individuals; the table has a row per SNP and phenotype (SNPs in order, each
+    SNP's phenotypes in the order given), its index the SNP's position in the chunk.
+    A chunk's SNPs were kept by the filters on the individuals analysed for any
+    phenotype; those a group's own individuals would filter out (``snp_filter``) get
+    NaN statistics for its phenotypes, with a note naming the filter.
+    """
+
+    def __init__(
+        self, groups: list[_RotationGroup], phenotypes: list[str], snp_filter: SnpFilter
+    ) -> None:
+        self.groups, self.phenotypes, self.snp_filter = groups, phenotypes, snp_filter
+
+    def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
+        tables: list[pd.DataFrame | None] = [None] * len(self.phenotypes)
+        for group in self.groups:
+            rows = block if group.rows is None else block[group.rows]
+            rotated = rotate_block(rows, group.eigenvectors)
+            reasons = (
+                np.full(block.shape[1], "") if group.rows is None
+                else self.snp_filter.reasons(rows)
+            )  # fmt: skip
+            for position, name, scanner in group.scanners:
+                table = scanner.scan_rotated(rows, rotated)
+                filtered = reasons != ""
+                if filtered.any():
+                    kept = ("af", "n_miss", "note", "n_iter", "converged")
+                    statistics = [column for column in table.columns if column not in kept]
+                    table.loc[filtered, statistics] = np.nan
+                    table.loc[filtered, "n_iter"], table.loc[filtered, "converged"] = 0, False
+                    table.loc[filtered, "note"] = [
+                        f"filtered out on this phenotype's individuals: {reason}"
+                        for reason in reasons[filtered]
+                    ]
+                table.insert(0, "phenotype", name)
+                tables[position] = table
+        long = pd.concat(tables)
+        return long.iloc[np.argsort(long.index.to_numpy(), kind="stable")]
+
+
+def _check_phenotypes(
+    phenotypes: Sequence[str] | None, formula: str, data: pd.DataFrame, vc_formula: Any
+) -> list[str] | None:
+    """The phenotypes to scan one at a time (None: the formula's response), checked."""
+    if phenotypes is None:
+        return None
+    if isinstance(phenotypes, str) or not isinstance(phenotypes, Sequence):
+        raise TypeError(
+            "phenotypes must be a list of column names of data, such as ['y1', 'y2'], not "
+            f"{type(phenotypes).__name__}"
+        )
+    names = list(phenotypes)
+    if not names:
+        raise ValueError("phenotypes is empty: name at least one column of data")
+    if len(set(names)) < len(names):
+        repeated = pd.Index(names)[pd.Index(names).duplicated()].unique()
+        raise ValueError(f"phenotypes repeat: {_preview(list(repeated))}")
+    missing = [name for name in names if name not in data.columns]
+    if missing:
+        raise ValueError(f"phenotypes not among the columns of data: {_preview(missing)}")
+    if patsy.ModelDesc.from_formula(formula).lhs_termlist:
+        raise ValueError(
+            f"with phenotypes, the formula must have no response (it is each phenotype in "
+            f"turn): write e.g. '~ 1 + sex + snp', not {formula!r}"
+        )
+    if vc_formula:
+        raise ValueError(
+            "phenotypes and vc_formula together are not supported: scan each phenotype "
+            "with its own GenomeScan"
+        )
+    return [str(name) for name in names]
 
 
 def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:

@@ -451,6 +451,25 @@ class PlinkGenotypes:
 
     # ----------------------------------------------------------- life cycle
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a Dask worker, say) as its paths and metadata: the copy opens the
+        fileset again, so the files must be where the copy runs (shared storage)."""
+        return {**self.__dict__, "_bed": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from bed_reader import open_bed
+
+        self.__dict__.update(state)
+        if not self._closed:
+            self._bed = open_bed(
+                self.bed_path,
+                iid_count=len(self.sample_ids),
+                sid_count=len(self.snps),
+                fam_location=self.fam_path,
+                bim_location=self.bim_path,
+                skip_format_check=True,
+            )
+
     def close(self) -> None:
         """Release the fileset; later reads raise ``ValueError``."""
         self._bed = None

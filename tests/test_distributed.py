@@ -59,3 +59,44 @@ def test_the_command_line_scans_on_a_scheduler(client, tmp_path):
     with pytest.raises(SystemExit, match="cannot connect to the Dask scheduler"):
         main([*args, "--out", str(tmp_path / "nowhere.tsv"), "--scheduler",
               "tcp://127.0.0.1:9"])
+
+
+def test_workers_read_their_own_chunks(client, tmp_path, monkeypatch):
+    """The client only names each task's SNPs: it never reads genotypes, whether they are
+    a PLINK fileset (reopened on the workers), a dask array or an in-memory table."""
+    import dense
+    from plink_fixtures import write_plink
+
+    from emlmm import GenomeScan, read_plink
+    from emlmm.genotypes import Genotypes
+
+    rng = np.random.default_rng(12)
+    n, m = 50, 30
+    genotypes = rng.binomial(2, 0.35, size=(n, m)).astype(float)
+    related = dense.random_genotype_kinship(rng, n, 100)
+    ids = [f"s{i + 1}" for i in range(n)]
+    data = pd.DataFrame({"y": rng.normal(size=n), "z": rng.normal(size=n)}, index=ids)
+    write_plink(tmp_path / "study", genotypes, sample_ids=ids)
+    kinship = pd.DataFrame(related, index=ids, columns=ids)
+    frame = pd.DataFrame(genotypes, index=ids, columns=[f"rs{j + 1}" for j in range(m)])
+    local = GenomeScan("~ 1 + snp", data, frame, kinship, chunk_size=8,
+                       phenotypes=["y", "z"]).run()
+
+    def no_reading_here(self, start, stop):
+        raise AssertionError("the client read genotypes")
+
+    with read_plink(tmp_path / "study") as plink:
+        scans = {
+            "plink": GenomeScan("~ 1 + snp", data, plink, kinship, chunk_size=8,
+                                phenotypes=["y", "z"]),
+            "dask": GenomeScan("~ 1 + snp", data,
+                               dask_array.from_array(genotypes, chunks=(25, 10)), kinship,
+                               chunk_size=8, phenotypes=["y", "z"]),
+            "frame": GenomeScan("~ 1 + snp", data, frame, kinship, chunk_size=8,
+                                phenotypes=["y", "z"]),
+        }
+        monkeypatch.setattr(Genotypes, "read", no_reading_here)
+        for kind, scan in scans.items():
+            remote = scan.run(client=client)
+            np.testing.assert_allclose(remote.p_lrt, local.p_lrt, rtol=1e-8, err_msg=kind)
+            assert remote.phenotype.tolist() == local.phenotype.tolist()

@@ -10,7 +10,7 @@ from emlmm.io import (
     read_plink,
     write_grm,
 )
-from emlmm.kinship import kinship
+from emlmm.kinship import LowRankKinship, kinship
 from emlmm.model import EMLMM
 from emlmm.results import EMLMMResults, LikelihoodRatioTest
 
@@ -19,6 +19,7 @@ __all__ = [
     "EMLMMResults",
     "GenomeScan",
     "LikelihoodRatioTest",
+    "LowRankKinship",
     "ScanFileError",
     "ScanOutput",
     "ScanSummary",

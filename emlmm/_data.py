@@ -110,6 +110,10 @@ def align_kinship(kinship: Any, index: pd.Index) -> Any:
     axes; individuals in the kinship but not in the data are left out. Data
     labels missing from the kinship raise a ``ValueError`` that lists them.
     """
+    from emlmm.kinship import LowRankKinship
+
+    if isinstance(kinship, LowRankKinship):
+        return kinship.rows(index)
     if not isinstance(kinship, pd.DataFrame):
         return kinship
     if not kinship.index.equals(kinship.columns):

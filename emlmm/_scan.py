@@ -67,6 +67,10 @@ class SnpBatch:
     snps: Array
     eigenvalues: Array
     inverse: bool = False
+    #: Observations, when more than the rows (a low-rank kinship's null space is held
+    #: in fewer rows, whose weights are those of every row it stands for: see
+    #: :func:`emlmm.gwas._compressed`); 0: the rows.
+    n_total: int = 0
 
     @cached_property
     def slopes(self) -> Array:
@@ -80,7 +84,7 @@ class SnpBatch:
 
     @property
     def nobs(self) -> int:
-        return int(self.eigenvalues.shape[0])
+        return self.n_total or int(self.eigenvalues.shape[0])
 
     @property
     def k_exog(self) -> int:
@@ -96,7 +100,7 @@ class SnpBatch:
     def _shared_products(self) -> Array:
         """Row-wise outer products of the shared columns, ``n x f^2``."""
         shared = self._shared
-        return (shared[:, :, None] * shared[:, None, :]).reshape(self.nobs, -1)
+        return (shared[:, :, None] * shared[:, None, :]).reshape(shared.shape[0], -1)
 
     def take(self, indices: NDArray[np.intp]) -> SnpBatch:
         """The SNPs at ``indices``, with the shared columns."""

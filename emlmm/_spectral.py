@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 __all__ = ["KinshipSpectrum", "pseudo_inverse_tolerance", "shared_spectra"]
 
 #: Spectra computed inside :func:`shared_spectra`, by the kinship's content.
-_shared: dict[tuple[tuple[int, ...], bytes], KinshipSpectrum] | None = None
+_shared: dict[tuple[tuple[Any, ...], bytes], KinshipSpectrum] | None = None
 
 
 @contextmanager
@@ -92,6 +93,40 @@ class KinshipSpectrum:
                 "missing values, recompute it or project it onto the PSD cone."
             )
         eigenvalues = np.where(np.abs(eigenvalues) <= tolerance, 0.0, eigenvalues)
+        spectrum = cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+        if _shared is not None and key is not None:
+            _shared[key] = spectrum
+        return spectrum
+
+    @classmethod
+    def from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
+        """The eigendecomposition of ``F F'`` from its ``n x k`` factor, in ``O(n^2 k)``.
+
+        A complete QR decomposition ``F = Q R`` gives an orthonormal basis of the
+        whole space whose first ``k`` columns span ``F``'s; the SVD of the ``k x k``
+        ``R`` gives the eigenvectors within that span (``Q[:, :k] U_R``) and the
+        eigenvalues (squared singular values); the other columns of ``Q`` span the
+        null space. Eigenvalues at or below :func:`pseudo_inverse_tolerance` are zero,
+        as in :meth:`from_kinship`, and all are sorted increasing, as ``eigh`` sorts.
+        """
+        n, k = factor.shape
+        key = None
+        if _shared is not None:
+            contiguous = np.ascontiguousarray(factor, dtype=np.float64)
+            digest = hashlib.blake2b(contiguous.data, digest_size=32).digest()
+            key = (("factor", *contiguous.shape), digest)
+            if key in _shared:
+                return _shared[key]
+        q, r = np.linalg.qr(factor, mode="complete")
+        width = min(n, k)
+        left, singular, _ = np.linalg.svd(r[:width], full_matrices=False)
+        values = singular**2
+        largest = float(values.max()) if values.size else 0.0
+        values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
+        order = np.argsort(values, kind="stable")
+        within = q[:, :width] @ left[:, order]
+        eigenvalues = np.concatenate([np.zeros(n - width), values[order]])
+        eigenvectors = np.concatenate([q[:, width:], within], axis=1)
         spectrum = cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
         if _shared is not None and key is not None:
             _shared[key] = spectrum

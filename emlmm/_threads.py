@@ -10,9 +10,10 @@ eigendecomposition, the rotation of a chunk of SNPs) keep every thread.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from functools import cache
 from typing import Any
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 #: Below this many columns (of the design and grouped effects together), a fit's
 #: products run on one BLAS thread.
@@ -24,4 +25,11 @@ def one_blas_thread(columns: int) -> AbstractContextManager[Any]:
     large ones)."""
     if columns >= SMALL:
         return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return _controller().limit(limits=1, user_api="blas")
+
+
+@cache
+def _controller() -> ThreadpoolController:
+    """The process's thread pools, found once (finding them takes milliseconds, and a
+    scan asks for one thread per chunk)."""
+    return ThreadpoolController()

@@ -533,7 +533,7 @@ class GenomeScan:
                 [
                     _RotationGroup(
                         None if len(groups) == 1 else self._analysed.get_indexer(group.labels),
-                        group.nulls[0].eigenvectors,
+                        ones[0].rotation,
                         [
                             (order[str(name)], str(name), one)
                             for name, one in zip(group.names, ones, strict=True)
@@ -1472,30 +1472,29 @@ class _Scanner:
         # reduced to the kinship's column space where the covariates absorb its null
         # space. Statistics are mapped back to the user's units in _statistics.
         self.fit_data = null.data
-        self.eigenvectors = null.eigenvectors
-        self.null_data = null.data.rotated
+        full = null.data.rotated
         self.null_ml = null.ml
-        self.null_llf = float(_em.log_likelihood(self.null_data, self.null_ml))
+        self.null_llf = float(_em.log_likelihood(full, self.null_ml))
         self.null_reml = null.reml
-        self.score_test = _ScoreTest.at(self.null_data, self.null_ml)
         reml = self.null_reml
-        self.null_reml_variances = _em.marginal_variances(
-            self.null_data, reml.sigma2_a, reml.sigma2_e
-        )
-        null_fixed = _em.Estimate.of(
-            _em.gls(self.null_data, self.null_reml_variances)[0], reml.sigma2_a, reml.sigma2_e
-        )
-        self.null_fixed_llf = float(_em.log_likelihood(self.null_data, null_fixed))
+        variances = _em.marginal_variances(full, reml.sigma2_a, reml.sigma2_e)
+        self.null_reml_log_det = float(np.log(variances).sum())
+        null_fixed = _em.Estimate.of(_em.gls(full, variances)[0], reml.sigma2_a, reml.sigma2_e)
+        self.null_fixed_llf = float(_em.log_likelihood(full, null_fixed))
+        self.n_total = full.nobs
+        self.rotation, self.null_basis, self.null_data = _compressed(full, null.eigenvectors)
+        self.score_test = _ScoreTest.at(self.null_data, self.null_ml, self.n_total)
 
     def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
         """A chunk's table (one row per column of ``block``, individuals x SNPs)."""
-        return self.scan_rotated(block, rotate_block(block, self.eigenvectors))
+        return self.scan_rotated(block, rotate_block(block, self.rotation))
 
     def scan_rotated(
         self, block: NDArray[np.float64], rotated: NDArray[np.float64]
     ) -> pd.DataFrame:
         """A chunk's table from its genotypes and their rotation (:func:`rotate_block`),
         which scanners of several phenotypes on the same individuals share."""
+        rotated = self._complete(block, rotated)
         n_miss = np.isnan(block).sum(axis=0)
         observed = block.shape[0] - n_miss
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1532,6 +1531,27 @@ class _Scanner:
         for column, values in columns.items():
             table[column] = values
         return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
+
+    def _complete(
+        self, block: NDArray[np.float64], rotated: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """With a low-rank kinship, the rotated SNPs (``k x r``, by the eigenvectors of
+        non-zero eigenvalues) completed by their coordinates in the null space: on the
+        covariates' and response's projections there (:attr:`null_basis`), and the
+        length of what is left, orthogonal to everything else (:func:`_compressed`)."""
+        if self.null_basis is None:
+            return rotated
+        imputed = _imputed(block)
+        along = imputed.T @ self.null_basis
+        sizes = np.einsum("nk,nk->k", imputed, imputed)
+        rest = (
+            sizes - np.einsum("kr,kr->k", rotated, rotated) - np.einsum("kq,kq->k", along, along)
+        )
+        # A difference of squares is known to about eps |g|^2; below a margin of that it
+        # is 0 (a SNP within the covariates' span is then exactly collinear, as it is
+        # with the dense rotation), and its error stays below what the sums carry.
+        rest = np.where(rest > _RESIDUAL_ROUNDING * sizes, rest, 0.0)
+        return np.column_stack([rotated, along, np.sqrt(rest)])
 
     def _block(
         self, rotated: NDArray[np.float64], rows: NDArray[np.intp]
@@ -1587,7 +1607,9 @@ class _Scanner:
     def _statistics(self, rotated: NDArray[np.float64]) -> dict[str, NDArray[Any]]:
         """Statistics for SNPs given as rows of ``rotated`` (``k x n``, rotated)."""
         null = self.null_data
-        batch = _scan.SnpBatch(null.exog, null.endog, rotated, null.eigenvalues)
+        batch = _scan.SnpBatch(
+            null.exog, null.endog, rotated, null.eigenvalues, n_total=self.n_total
+        )
         k, n, p = rotated.shape[0], batch.nobs, batch.k_exog
         result: dict[str, NDArray[Any]] = {"p_score": self.score_test.pvalues(rotated)}
         if self.method == "fixed":
@@ -1598,9 +1620,7 @@ class _Scanner:
             scale = sigma2_a if batch.inverse else sigma2_e
             beta, cov_beta = fit.beta, scale * fit.cov_unscaled
             # r' V^-1 r = rss / scale, as rss weights by H^-1 = scale V^-1.
-            llf = -0.5 * (
-                n * _em.LOG_2PI + np.log(self.null_reml_variances).sum() + fit.rss / scale
-            )
+            llf = -0.5 * (n * _em.LOG_2PI + self.null_reml_log_det + fit.rss / scale)
             lrt = 2.0 * (llf - self.null_fixed_llf)
             result.update(
                 sigma2_a=np.full(k, sigma2_a),
@@ -1680,12 +1700,19 @@ class _Scanner:
         self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int
     ) -> _SnpFits:
         """Batched EM from the null model's estimates."""
-        k, n = batch.snps.shape
-        exog = self.null_data.exog
+        k, rows = batch.snps.shape
+        n = batch.nobs
+        # A low-rank kinship's null space is held in fewer rows (:func:`_compressed`);
+        # EM, whose sums count rows, gets the rest back as zero rows (these SNPs are few).
+        pad = n - rows
+        exog = np.pad(self.null_data.exog, ((0, pad), (0, 0)))
         designs = np.concatenate(
-            [np.broadcast_to(exog, (k, n, exog.shape[1])), batch.snps[:, :, None]], axis=2
+            [np.broadcast_to(exog, (k, n, exog.shape[1])),
+             np.pad(batch.snps, ((0, 0), (0, pad)))[:, :, None]], axis=2,
+        )  # fmt: skip
+        data = _em.RotatedData.build(
+            np.pad(batch.endog, (0, pad)), designs, np.pad(batch.eigenvalues, (0, pad))
         )
-        data = _em.RotatedData.build(batch.endog, designs, batch.eigenvalues)
         variances = _em.marginal_variances(data, null.sigma2_a, null.sigma2_e)
         start = _em.Estimate(
             _em.gls(data, np.broadcast_to(variances, (k, n)))[0],
@@ -1720,8 +1747,9 @@ class _ComponentScanner(_Scanner):
     def __init__(self, null: ComponentsNullFit, method: ScanMethod, maxiter: int, tol: float):
         self.method, self.maxiter, self.tol = method, maxiter, tol
         self.fit_data = null.data
-        self.eigenvectors = null.eigenvectors
+        self.rotation, self.null_basis = null.eigenvectors, None
         self.null_data = null.data.rotated
+        self.n_total = self.null_data.nobs
         self.components = null.components
         self.ml_theta, self.reml_theta = null.ml, null.reml
         self.fixed = _components.Evaluation(self.components, null.reml)
@@ -1811,10 +1839,10 @@ class _ScoreTest:
     inverse_variances: NDArray[np.float64]
     cov_beta: NDArray[np.float64]
     rss: float
-    df_resid: int
+    nobs: int
 
     @classmethod
-    def at(cls, null: _em.RotatedData, estimate: _em.Estimate) -> _ScoreTest:
+    def at(cls, null: _em.RotatedData, estimate: _em.Estimate, nobs: int) -> _ScoreTest:
         variances = _em.marginal_variances(null, estimate.sigma2_a, estimate.sigma2_e)
         _, cov_beta, resid = _em.gls(null, variances)
         return cls(
@@ -1822,7 +1850,7 @@ class _ScoreTest:
             1.0 / variances,
             cov_beta,
             float(resid @ (resid / variances)),
-            null.nobs - null.k_exog - 1,
+            nobs,
         )
 
     def pvalues(self, rotated: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -1832,8 +1860,8 @@ class _ScoreTest:
         p_xx = (rotated * rotated) @ self.inverse_variances - np.einsum(
             "ki,ki->k", cross, cross @ self.cov_beta
         )
-        statistic = len(self.inverse_variances) * p_xy**2 / (self.rss * p_xx)
-        return stats.f.sf(statistic, 1, self.df_resid)
+        statistic = self.nobs * p_xy**2 / (self.rss * p_xx)
+        return stats.f.sf(statistic, 1, self.nobs - self.cov_beta.shape[0] - 1)
 
 
 @dataclass(frozen=True)
@@ -1864,12 +1892,54 @@ def rotate_block(
     """A chunk's genotypes (individuals x SNPs, NaN for missing) in the kinship's
     eigenbasis, one row per SNP: ``(U' g)'``, missing genotypes imputed by the SNP's
     mean (0 for a SNP with none observed)."""
+    # One row per SNP: per-SNP sums then run along contiguous memory.
+    return _imputed(block).T @ eigenvectors
+
+
+def _imputed(block: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Missing genotypes replaced by the SNP's mean (0 for a SNP with none observed)."""
     observed = block.shape[0] - np.isnan(block).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.nansum(block, axis=0) / observed
-    imputed = np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
-    # One row per SNP: per-SNP sums then run along contiguous memory.
-    return imputed.T @ eigenvectors
+    return np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
+
+
+#: Relative size below which a squared length found as a difference of squares is 0.
+_RESIDUAL_ROUNDING = 1e3 * float(np.finfo(float).eps)
+
+
+def _compressed(
+    full: _em.RotatedData, eigenvectors: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, _em.RotatedData]:
+    """The rotation a scan applies to SNPs, and the null model's data it fits them with.
+
+    Where the kinship has more zero eigenvalues than the null model has columns (a
+    low-rank kinship, :class:`emlmm.LowRankKinship`, or any singular one), the
+    ``n0`` directions of its null space all have the same variance, sigma2_e, so the
+    likelihood of any model with columns ``Z = [X, g, y]`` sees them only through
+    ``Z0' Z0``, ``Z0`` the columns' coordinates there. Those are held in ``p + 2``
+    rows instead of ``n0``: with ``[X0, y0] = Q R`` (a QR decomposition), the rows of
+    ``R`` for the covariates and response, and for a SNP its coordinates along
+    ``Q`` and the length of what is left; a last row, zero for the shared columns,
+    holds that length. SNPs are then rotated by the ``n - n0`` other eigenvectors
+    only, plus ``Q`` (``null_basis``, in the individuals' coordinates). Otherwise
+    nothing changes: the rotation is every eigenvector and ``null_basis`` is None.
+    """
+    zero = full.eigenvalues == 0.0
+    p = full.k_exog
+    if np.count_nonzero(zero) <= 2 * (p + 2):
+        return eigenvectors, None, full
+    shared = np.column_stack([full.exog[zero], full.endog[zero]])
+    basis, triangle = np.linalg.qr(shared)
+    rows = triangle.shape[0]
+    exog = np.concatenate([full.exog[~zero], triangle[:, :p], np.zeros((1, p))])
+    endog = np.concatenate([full.endog[~zero], triangle[:, p], [0.0]])
+    eigenvalues = np.concatenate([full.eigenvalues[~zero], np.zeros(rows + 1)])
+    return (
+        np.ascontiguousarray(eigenvectors[:, ~zero]),
+        eigenvectors[:, zero] @ basis,
+        _em.RotatedData.build(endog, exog, eigenvalues),
+    )
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from emlmm._data import check_count
 from emlmm.genotypes import Genotypes
 from emlmm.io import PlinkGenotypes
 
-__all__ = ["kinship"]
+__all__ = ["LowRankKinship", "kinship"]
 
 Method = Literal["centered", "standardized"]
 _METHODS = ("centered", "standardized")
@@ -253,3 +253,131 @@ def kinship(
         return matrix
     labels = source.sample_ids
     return pd.DataFrame(matrix, index=labels, columns=labels.copy())
+
+
+class LowRankKinship:
+    r"""A kinship given by a factor: ``K = F F'``, with ``F`` an ``n x k`` matrix.
+
+    FaST-LMM's low-rank case: a kinship built from ``k < n`` SNPs (standardised and
+    divided by :math:`\sqrt{k}`, :meth:`from_snps`) has rank at most ``k``. Passed
+    wherever a kinship is (:class:`emlmm.EMLMM`, :class:`emlmm.GenomeScan`,
+    :func:`emlmm.gwas`), it is never eigendecomposed as an ``n x n`` matrix:
+
+    * the model's eigenbasis comes from a QR decomposition of ``F`` and an SVD of its
+      ``k x k`` triangle, ``O(n^2 k)`` instead of ``O(n^3)``;
+    * a scan rotates each SNP by the ``k`` (or fewer) eigenvectors with a non-zero
+      eigenvalue, ``O(n k)`` instead of ``O(n^2)``, and fits it on ``k + p + 2``
+      numbers instead of ``n``: the ``n - k`` directions where the kinship is zero
+      enter through the covariates', the response's and the SNP's projections on
+      them, which is exact (the likelihood sees those directions only through these
+      inner products).
+
+    The answers are those of the dense kinship ``F F'`` (:meth:`to_dense`), to
+    rounding. With several variance components the dense matrix is used.
+
+    Parameters
+    ----------
+    factor : array_like or pandas.DataFrame
+        ``n x k``, finite. A DataFrame's index labels the individuals, matched to the
+        data's as a labelled kinship is.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from emlmm import EMLMM, LowRankKinship
+    >>> rng = np.random.default_rng(1)
+    >>> snps = rng.binomial(2, 0.3, size=(300, 40)).astype(float)
+    >>> low = LowRankKinship.from_snps(snps)
+    >>> low.shape, low.rank
+    ((300, 300), 40)
+    >>> y = snps[:, :10].sum(axis=1) + rng.normal(size=300)
+    >>> data = pd.DataFrame({"y": y})
+    >>> fast = EMLMM.from_formula("y ~ 1", data, kinship=low).fit()
+    >>> dense = EMLMM.from_formula("y ~ 1", data, kinship=low.to_dense()).fit()
+    >>> bool(np.isclose(fast.llf, dense.llf, rtol=1e-10)), f"{fast.h2:.4f}"
+    (True, '0.8150')
+    """
+
+    def __init__(self, factor: ArrayLike | pd.DataFrame) -> None:
+        self.ids: pd.Index | None = None
+        if isinstance(factor, pd.DataFrame):
+            self.ids = pd.Index(factor.index)
+            if not self.ids.is_unique:
+                repeated = self.ids[self.ids.duplicated()].unique()
+                raise ValueError(f"LowRankKinship labels are not unique: {list(repeated)[:5]}")
+            factor = factor.to_numpy()
+        try:
+            array = np.array(factor, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"a LowRankKinship factor must be a numeric n x k matrix, not "
+                f"{type(factor).__name__}"
+            ) from exc
+        if array.ndim != 2 or array.shape[1] == 0:
+            raise ValueError(
+                f"a LowRankKinship factor must be an n x k matrix with k >= 1; it has shape "
+                f"{array.shape}"
+            )
+        if not np.isfinite(array).all():
+            row = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
+            raise ValueError(
+                f"a LowRankKinship factor must be finite; row {row} has NaN or inf (impute "
+                "missing genotypes first, or use LowRankKinship.from_snps)"
+            )
+        self.factor = array
+
+    @classmethod
+    def from_snps(cls, genotypes: ArrayLike | pd.DataFrame) -> LowRankKinship:
+        """``F = W / sqrt(k)`` for ``k`` SNPs standardised as :func:`kinship`'s
+        ``"standardized"`` (mean-imputed, centred, divided by their standard deviation
+        with divisor ``n``), so that ``F F'`` is GEMMA's ``-gk 2`` kinship of those
+        SNPs (monomorphic SNPs are left out)."""
+        ids = genotypes.index if isinstance(genotypes, pd.DataFrame) else None
+        values = np.array(genotypes, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"genotypes must be individuals x SNPs; got shape {values.shape}")
+        means = np.nanmean(values, axis=0)
+        centred = np.where(np.isnan(values), 0.0, values - means)
+        spread = np.sqrt((centred**2).mean(axis=0))
+        used = spread > 0
+        if not used.any():
+            raise ValueError("every SNP is monomorphic: no factor to build")
+        factor = centred[:, used] / spread[used] / np.sqrt(used.sum())
+        return cls(factor if ids is None else pd.DataFrame(factor, index=ids))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, n)``, as the dense kinship's."""
+        n = int(self.factor.shape[0])
+        return n, n
+
+    @property
+    def rank(self) -> int:
+        """Columns of the factor that add a dimension (NumPy's rank rule)."""
+        return int(np.linalg.matrix_rank(self.factor))
+
+    def to_dense(self) -> NDArray[np.float64] | pd.DataFrame:
+        """``F F'``: a DataFrame when the factor is labelled."""
+        matrix = self.factor @ self.factor.T
+        if self.ids is None:
+            return matrix
+        return pd.DataFrame(matrix, index=self.ids, columns=self.ids.copy())
+
+    def rows(self, labels: pd.Index) -> LowRankKinship:
+        """The factor's rows of the individuals ``labels`` (a labelled factor only)."""
+        if self.ids is None:
+            return self
+        missing = pd.Index(labels).difference(self.ids, sort=False)
+        if len(missing):
+            raise ValueError(
+                f"{len(missing)} of the {len(labels)} individuals in the data have no row in "
+                f"the kinship's factor: {list(missing)[:5]}. Its labels look like "
+                f"{list(self.ids[:5])}."
+            )
+        return LowRankKinship(
+            pd.DataFrame(self.factor[self.ids.get_indexer(labels)], index=labels)
+        )
+
+    def __repr__(self) -> str:
+        n, k = self.factor.shape
+        return f"LowRankKinship(n={n}, k={k})"

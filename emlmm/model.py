@@ -30,6 +30,7 @@ from emlmm._data import (
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 from emlmm._threads import one_blas_thread
+from emlmm.kinship import LowRankKinship
 
 __all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "ComponentsNullFit", "NullFit"]
 
@@ -152,9 +153,22 @@ class EMLMM(LikelihoodModel):
         check_numeric("endog", endog)
         check_numeric("exog", exog)
         _check_complete_rows(endog, exog, missing)
-        kinship = check_kinship(kinship, n_rows)
+        factor = None
+        if isinstance(kinship, LowRankKinship):
+            # The factor's rows follow the data's; statsmodels, which drops the rows and
+            # columns of a kinship with missing data, never sees it (n x k is not square).
+            factor = _factor_rows(kinship, n_rows, endog, exog, missing, missing_idx)
+            kinship = None
+        else:
+            kinship = check_kinship(kinship, n_rows)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
         self.kinship: NDArray[np.float64]
+        if factor is not None:
+            if factor.shape[0] != len(self.endog):
+                raise ValueError(  # pragma: no cover - statsmodels dropped other rows
+                    "could not match the kinship factor's rows to the rows statsmodels kept"
+                )
+            self.kinship = factor @ factor.T
         self.endog: NDArray[np.float64]
         if self.endog.ndim == 2 and self.endog.shape[1] == 1:
             self.endog = self.endog[:, 0]
@@ -163,7 +177,11 @@ class EMLMM(LikelihoodModel):
         with np.errstate(over="ignore"):  # statsmodels names columns from their variance
             exog_names = self.exog_names
         check_design(self.endog, self.exog, exog_names)
-        self.spectrum = KinshipSpectrum.from_kinship(self.kinship)
+        self.spectrum = (
+            KinshipSpectrum.from_kinship(self.kinship)
+            if factor is None
+            else KinshipSpectrum.from_factor(factor)
+        )
         if self.spectrum.rank == 0:
             raise ValueError("kinship is zero: it has no positive eigenvalue")
         eigenvalues = self.spectrum.eigenvalues
@@ -370,6 +388,8 @@ class EMLMM(LikelihoodModel):
         if subset is not None:
             data = data.loc[subset]
         several = isinstance(kinship, dict) or bool(vc_formula) or kinship_ids is not None
+        if several:  # several components use dense kinships
+            kinship = _dense(kinship)
         if not several:
             kinship = align_kinship(kinship, data.index)
         elif kinship_ids is None:
@@ -828,6 +848,40 @@ def _factor(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
     spectrum = KinshipSpectrum.from_kinship(matrix)
     positive = spectrum.eigenvalues > 0
     return spectrum.eigenvectors[:, positive] * np.sqrt(spectrum.eigenvalues[positive])
+
+
+def _dense(kinship: Any) -> Any:
+    """Kinships with every :class:`~emlmm.LowRankKinship` made dense."""
+    if isinstance(kinship, dict):
+        return {name: _dense(matrix) for name, matrix in kinship.items()}
+    return kinship.to_dense() if isinstance(kinship, LowRankKinship) else kinship
+
+
+def _factor_rows(
+    kinship: LowRankKinship,
+    n_rows: int,
+    endog: Any,
+    exog: Any,
+    missing: str,
+    missing_idx: Any,
+) -> NDArray[np.float64]:
+    """A low-rank kinship's factor rows for the rows the model keeps."""
+    factor = kinship.factor
+    if factor.shape[0] != n_rows:
+        raise ValueError(
+            f"the kinship's factor has {factor.shape[0]} rows but the data have {n_rows} "
+            "observations; it must have one row per individual, in the same order (or be "
+            "labelled by the data's index)"
+        )
+    if missing_idx is not None:  # from_formula: the rows patsy dropped
+        return factor[~np.asarray(missing_idx, dtype=bool)]
+    if missing == "drop":
+        values = [np.asarray(endog, dtype=float), np.asarray(exog, dtype=float)]
+        complete = np.ones(n_rows, dtype=bool)
+        for array in values:
+            complete &= ~np.isnan(array.reshape(n_rows, -1)).any(axis=1)
+        return factor[complete]
+    return factor
 
 
 def _drop_rows(

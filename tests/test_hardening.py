@@ -169,7 +169,7 @@ def test_a_failing_snp_is_recorded_and_the_scan_goes_on(trio, monkeypatch):
 
     def fragile(self, rotated):  # one rotated SNP per row
         if rotated.shape[0] == 1 and np.allclose(
-            (rotated[0] @ self.eigenvectors.T)[:4], [0.0, 1.0, 2.0, 2.0]
+            (rotated[0] @ self.rotation.T)[:4], [0.0, 1.0, 2.0, 2.0]
         ):
             raise np.linalg.LinAlgError("simulated breakdown")
         if rotated.shape[0] > 1:

@@ -304,7 +304,7 @@ def _poison(monkeypatch, error):
     original = _Scanner._statistics
 
     def fragile(self, rotated):
-        first_two = (rotated @ self.eigenvectors.T)[:, :2]
+        first_two = (rotated @ self.rotation.T)[:, :2]
         if np.any(np.all(np.isclose(first_two, [0.0, 2.0]), axis=1)):
             raise error
         return original(self, rotated)

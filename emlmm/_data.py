@@ -127,6 +127,8 @@ def align_kinship(kinship: Any, index: pd.Index) -> Any:
     if not kinship.index.is_unique:
         duplicated = kinship.index[kinship.index.duplicated()].unique()
         raise ValueError(f"kinship labels are not unique: {_preview(duplicated)} repeat")
+    if kinship.index.equals(index) and kinship.columns.equals(index):
+        return kinship  # already aligned: no copy
     missing = index.difference(kinship.index, sort=False)
     if len(missing) > 0:
         raise ValueError(
@@ -142,8 +144,18 @@ def check_kinship(kinship: Any, nobs: int) -> NDArray[np.float64]:
 
     It must be numeric, two-dimensional, square, of size ``nobs``, finite and
     symmetric to round-off; it is returned exactly symmetric. Positive
-    semi-definiteness is checked when it is eigendecomposed.
+    semi-definiteness is checked when it is eigendecomposed. Inside
+    :func:`emlmm._spectral.shared_spectra` a kinship object is checked once.
     """
+    from emlmm._spectral import remembered
+
+    checked: NDArray[np.float64] = remembered(
+        kinship, f"checked for {nobs}", lambda: _check_kinship(kinship, nobs)
+    )
+    return checked
+
+
+def _check_kinship(kinship: Any, nobs: int) -> NDArray[np.float64]:
     if isinstance(kinship, pd.DataFrame):
         kinship = kinship.to_numpy()
     try:

@@ -7,38 +7,57 @@ eigenbasis of the kinship, where ``V = sigma2_a * A + sigma2_e * I`` is diagonal
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 from numpy.typing import NDArray
+
+from emlmm._threads import one_blas_thread
 
 __all__ = ["KinshipSpectrum", "pseudo_inverse_tolerance", "shared_spectra"]
 
 #: Spectra computed inside :func:`shared_spectra`, by the kinship's content.
 _shared: dict[tuple[tuple[Any, ...], bytes], KinshipSpectrum] | None = None
+#: Inside :func:`shared_spectra`: results already computed from an object (a kinship
+#: checked, a kinship decomposed), by the object's id and what was asked; the object
+#: is kept with its result, so its id cannot be reused meanwhile.
+_by_object: dict[tuple[int, str], tuple[Any, Any]] | None = None
 
 
 @contextmanager
 def shared_spectra() -> Iterator[None]:
     """Within this block, a kinship equal (bit for bit) to one already decomposed
-    reuses that eigendecomposition instead of computing it again.
+    reuses that eigendecomposition instead of computing it again, and a kinship object
+    already checked (:func:`remembered`) is not checked again.
 
     A scan of several phenotypes builds one null model per phenotype; those analysed
-    on the same individuals see the same kinship, which is then decomposed once.
-    Hashing the matrix costs ``O(n^2)``, against the ``O(n^3)`` it saves; nothing is
-    kept after the block.
+    on the same individuals see the same kinship, which is then checked and
+    decomposed once. Hashing a matrix costs ``O(n^2)`` (only for one not seen as an
+    object already), against the ``O(n^3)`` it saves; nothing is kept after the block.
     """
-    global _shared
-    outer = _shared
-    if outer is None:
-        _shared = {}
+    global _shared, _by_object
+    outer = (_shared, _by_object)
+    if _shared is None:
+        _shared, _by_object = {}, {}
     try:
         yield
     finally:
-        _shared = outer
+        _shared, _by_object = outer
+
+
+def remembered(source: Any, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or inside :func:`shared_spectra` its result for the same ``source``
+    object and ``what`` when already computed there."""
+    if _by_object is None:
+        return compute()
+    key = (id(source), what)
+    if key not in _by_object:
+        _by_object[key] = (source, compute())
+    return _by_object[key][1]
 
 
 def pseudo_inverse_tolerance(largest_eigenvalue: float) -> float:
@@ -75,13 +94,26 @@ class KinshipSpectrum:
         ValueError
             If the kinship has an eigenvalue that is negative beyond round-off.
         """
+        spectrum: KinshipSpectrum = remembered(
+            kinship, "spectrum", lambda: cls._from_kinship(kinship)
+        )
+        return spectrum
+
+    @classmethod
+    def _from_kinship(cls, kinship: NDArray[np.float64]) -> KinshipSpectrum:
         key = None
         if _shared is not None:
             contiguous = np.ascontiguousarray(kinship, dtype=np.float64)
             key = (contiguous.shape, hashlib.blake2b(contiguous.data, digest_size=32).digest())
             if key in _shared:
                 return _shared[key]
-        eigenvalues, eigenvectors = np.linalg.eigh(kinship)
+        # LAPACK's dsyevr (as GEMMA uses): as fast as NumPy's dsyevd here, and it needs
+        # O(n) workspace where dsyevd needs 2 n^2 (1.6 GB at n = 10,000). Small
+        # matrices use one BLAS thread (several thrash on a busy machine).
+        with one_blas_thread(len(kinship)):
+            eigenvalues, eigenvectors = scipy.linalg.eigh(
+                kinship, driver="evr", check_finite=False
+            )
         largest = float(np.max(np.abs(eigenvalues))) if eigenvalues.size else 0.0
         tolerance = pseudo_inverse_tolerance(largest)
         smallest = float(eigenvalues.min()) if eigenvalues.size else 0.0

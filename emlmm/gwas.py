@@ -1926,9 +1926,13 @@ def _compressed(
     nothing changes: the rotation is every eigenvector and ``null_basis`` is None.
     """
     zero = full.eigenvalues == 0.0
-    p = full.k_exog
-    if np.count_nonzero(zero) <= 2 * (p + 2):
+    p, n_zero = full.k_exog, int(np.count_nonzero(zero))
+    if n_zero <= 2 * (p + 2):
         return eigenvectors, None, full
+    # The zeros come first (eigenvalues are sorted): column ranges, viewed, not copied.
+    first = bool(zero[:n_zero].all())
+    within = eigenvectors[:, n_zero:] if first else eigenvectors[:, ~zero]
+    null_space = eigenvectors[:, :n_zero] if first else eigenvectors[:, zero]
     shared = np.column_stack([full.exog[zero], full.endog[zero]])
     basis, triangle = np.linalg.qr(shared)
     rows = triangle.shape[0]
@@ -1936,8 +1940,8 @@ def _compressed(
     endog = np.concatenate([full.endog[~zero], triangle[:, p], [0.0]])
     eigenvalues = np.concatenate([full.eigenvalues[~zero], np.zeros(rows + 1)])
     return (
-        np.ascontiguousarray(eigenvectors[:, ~zero]),
-        eigenvectors[:, zero] @ basis,
+        within,
+        null_space @ basis,
         _em.RotatedData.build(endog, exog, eigenvalues),
     )
 

@@ -877,6 +877,15 @@ class ComponentsResults(_InformationCriteria, LikelihoodModelResults):
                 "the restricted fit must have fewer parameters; call this on the larger"
             )
         statistic = max(2.0 * (self.llf - other.llf), 0.0)
+        kept = getattr(other.model, "component_names", None) or [
+            self.model.component_names[0],
+            "residual",
+        ]
+        tested = [name for name in self.model.component_names if name not in kept]
+        if df_fixed == 0 and all(self.variance_components[name] == 0.0 for name in tested):
+            # Every tested component is exactly 0: the fits are the same model, and a
+            # difference in their likelihoods is rounding between two numerical paths.
+            statistic = 0.0
         df = df_variance + df_fixed
         pvalue = float(stats.chi2.sf(statistic, df))
         if df_variance == 1 and df_fixed == 0:

@@ -1051,7 +1051,7 @@ def read_grm(prefix: str | os.PathLike[str]) -> pd.DataFrame:
             row = np.fromfile(handle, dtype=_GRM_DTYPE, count=i + 1)
             matrix[i, : i + 1] = row
             matrix[:i, i] = row[:i]
-    return pd.DataFrame(matrix, index=ids, columns=ids.copy())
+    return pd.DataFrame(matrix, index=ids, columns=ids.copy(), copy=False)
 
 
 def _grm_fids(

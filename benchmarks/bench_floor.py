@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _sim import grm, simulate_genotypes, simulate_phenotype
@@ -50,8 +51,9 @@ def main() -> None:
     data = pd.DataFrame({"y": y})
 
     def floor() -> float:
+        # The eigensolver emlmm uses (LAPACK dsyevr), so that the ratio is about the rest.
         t = time.perf_counter()
-        _, u = np.linalg.eigh(kinship)
+        _, u = scipy.linalg.eigh(kinship, driver="evr", check_finite=False)
         u.T @ genotypes
         return time.perf_counter() - t
 
@@ -71,14 +73,14 @@ def main() -> None:
             print(f"  {name:5s}: {times[name][-1]:.2f} s (load {os.getloadavg()[0]:.2f})")
     best = {name: min(values) for name, values in times.items()}
     t = time.perf_counter()
-    np.linalg.eigh(kinship)
+    scipy.linalg.eigh(kinship, driver="evr", check_finite=False)
     eig = time.perf_counter() - t
     print(
         f"best of {args.repeats}: floor {best['floor']:.2f} s (eigh alone {eig:.2f} s), "
         f"exact {best['exact']:.2f} s, fixed {best['fixed']:.2f} s"
     )
-    print(f"ratio exact / floor = {best['exact'] / best['floor']:.2f}  (target <= 2)")
-    print(f"ratio fixed / floor = {best['fixed'] / best['floor']:.2f}")
+    print(f"ratio exact / floor = {best['exact'] / best['floor']:.2f}  (target <= 1.3)")
+    print(f"ratio fixed / floor = {best['fixed'] / best['floor']:.2f}  (target <= 1.1)")
     print(f"load {os.getloadavg()}")
     if args.profile:
         profiler = cProfile.Profile()

@@ -29,6 +29,7 @@ from emlmm._data import _preview, check_count
 
 __all__ = [
     "FILTER_REASONS",
+    "ColumnSummary",
     "GenotypeSource",
     "Genotypes",
     "SnpFilter",
@@ -310,6 +311,11 @@ class Genotypes:
         ValueError
             If a value lies outside [0, 2] (the SNP, value and row are named).
         """
+        return self.read_summarised(start, stop)[0]
+
+    def read_summarised(self, start: int, stop: int) -> tuple[Array, ColumnSummary]:
+        """As :meth:`read`, with the block's :class:`ColumnSummary` (which the checks
+        computed anyway, and the filters and a scan use again)."""
         block = np.asarray(self.reader(start, stop), dtype=np.float64)
         if block.shape != (self.n_samples, stop - start):
             raise ValueError(
@@ -318,8 +324,10 @@ class Genotypes:
             )
         if self.rows is not None:
             block = block[self.rows]
-        self._check_values(block, start)
-        return block
+        summary = ColumnSummary.of(block)
+        if summary.lows.min(initial=0.0) < 0.0 or summary.highs.max(initial=2.0) > 2.0:
+            self._check_values(block, start)
+        return block, summary
 
     def chunks(
         self, chunk_size: int | None = None, start: int = 0
@@ -352,6 +360,80 @@ class Genotypes:
             + (f", and {more} more SNPs of its chunk have such values" if more else "")
             + " (is -9 or 3 used for missing?)"
         )
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """Per-SNP summaries of a chunk (individuals x SNPs, NaN for missing), from one
+    pass over it: what the value checks, the SNP filters, the imputation and a scan's
+    notes all need, computed once per chunk.
+
+    Attributes
+    ----------
+    n_observed : ndarray of int
+        Genotypes observed.
+    means : ndarray
+        Mean of the observed genotypes (NaN for a SNP with none).
+    lows, highs : ndarray
+        Smallest and largest observed genotype (inf and -inf for a SNP with none).
+    complete : bool
+        Whether no genotype of the chunk is missing.
+    """
+
+    n_observed: NDArray[np.intp]
+    means: Array
+    lows: Array
+    highs: Array
+    complete: bool
+
+    @classmethod
+    def of(cls, block: Array) -> ColumnSummary:
+        """Summarise ``block`` (a complete block costs three reductions, no copy)."""
+        n, k = block.shape
+        missing = np.isnan(block)
+        if not missing.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = block.sum(axis=0) / n
+            return cls(
+                np.full(k, n, dtype=np.intp),
+                means,
+                block.min(axis=0, initial=np.inf),
+                block.max(axis=0, initial=-np.inf),
+                True,
+            )
+        n_observed = n - missing.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(missing, 0.0, block).sum(axis=0) / n_observed
+        return cls(
+            n_observed,
+            means,
+            np.fmin.reduce(block, axis=0, initial=np.inf),
+            np.fmax.reduce(block, axis=0, initial=-np.inf),
+            False,
+        )
+
+    @property
+    def spread(self) -> Array:
+        """Largest minus smallest observed genotype (-inf for a SNP with none)."""
+        return self.highs - self.lows
+
+    def take(self, columns: NDArray[np.bool_] | NDArray[np.intp]) -> ColumnSummary:
+        """The summaries of the SNPs ``columns`` (a mask or positions)."""
+        return ColumnSummary(
+            self.n_observed[columns],
+            self.means[columns],
+            self.lows[columns],
+            self.highs[columns],
+            self.complete,
+        )
+
+    def imputed(self, block: Array) -> Array:
+        """``block`` with each missing genotype replaced by its SNP's mean (0 for a SNP
+        with none observed); the block itself when none is missing."""
+        if self.complete:
+            return block
+        fill = np.where(self.n_observed > 0, self.means, 0.0)
+        return np.where(np.isnan(block), fill, block)
 
 
 def _is_dask_array(value: Any) -> bool:
@@ -416,18 +498,17 @@ class SnpFilter:
         """Whether any SNP can be left out."""
         return self.min_maf > 0 or self.max_missing < 1 or self.hwe is not None
 
-    def reasons(self, block: Array) -> NDArray[np.str_]:
-        """Why each SNP (column of ``block``) is left out; ``""`` for those kept."""
+    def reasons(self, block: Array, summary: ColumnSummary | None = None) -> NDArray[np.str_]:
+        """Why each SNP (column of ``block``) is left out; ``""`` for those kept.
+
+        ``summary``, the block's :class:`ColumnSummary`, saves computing it again.
+        """
         n = block.shape[0]
-        observed = ~np.isnan(block)
-        n_observed = observed.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            af = np.where(observed, block, 0.0).sum(axis=0) / (2.0 * n_observed)
-            spread = np.nanmax(block, axis=0, initial=-np.inf) - np.nanmin(
-                block, axis=0, initial=np.inf
-            )
-        missing = (n - n_observed) > self.max_missing * n
-        rare = (af < self.min_maf) | (af > 1.0 - self.min_maf)
+        summary = ColumnSummary.of(block) if summary is None else summary
+        af, spread = summary.means / 2.0, summary.spread
+        missing = (n - summary.n_observed) > self.max_missing * n
+        with np.errstate(invalid="ignore"):
+            rare = (af < self.min_maf) | (af > 1.0 - self.min_maf)
         monomorphic = (spread <= 0) & (self.min_maf > 0)
         poor_hwe = np.zeros(block.shape[1], dtype=bool)
         if self.hwe is not None:

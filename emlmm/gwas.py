@@ -51,6 +51,7 @@ from emlmm._threads import one_blas_thread
 from emlmm.genotypes import (
     FILTER_REASONS,
     SNP_COLUMNS,
+    ColumnSummary,
     Genotypes,
     GenotypeSource,
     SnpFilter,
@@ -132,6 +133,7 @@ class _Chunk:
     reasons: NDArray[np.str_]
     scanner: _Scanner | _PhenotypesScanner | None
     block: NDArray[np.float64]
+    summary: ColumnSummary | None
 
 
 class _SnpCounts:
@@ -682,12 +684,12 @@ class GenomeScan:
                     current = (number, *self._scanner(number))
                 else:
                     current = (number, None, self._analysed_genotypes(number))
-            block = current[2].read(first, stop)
-            reasons = self.snp_filter.reasons(block)
+            block, summary = current[2].read_summarised(first, stop)
+            reasons = self.snp_filter.reasons(block, summary)
             kept = reasons == ""
             if not kept.all():
-                block = block[:, kept]
-            yield _Chunk(offset + first, offset + stop, reasons, current[1], block)
+                block, summary = block[:, kept], summary.take(kept)
+            yield _Chunk(offset + first, offset + stop, reasons, current[1], block, summary)
 
     def _distributed(self, client: Any, start: int) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
         """Chunks tested on a Dask client's workers, a few in flight, in order.
@@ -976,10 +978,12 @@ def _scan_range(
     token = _FIT_THREADS.set(1)
     try:
         with dask.config.set(scheduler="synchronous"):
-            block = genotypes.read(first, stop)
-        reasons = snp_filter.reasons(block)
+            block, summary = genotypes.read_summarised(first, stop)
+        reasons = snp_filter.reasons(block, summary)
         kept = reasons == ""
-        return reasons, scanner.scan(block if kept.all() else block[:, kept])
+        if not kept.all():
+            block, summary = block[:, kept], summary.take(kept)
+        return reasons, scanner.scan(block, summary)
     finally:
         _FIT_THREADS.reset(token)
 
@@ -987,7 +991,8 @@ def _scan_range(
 def _received(offset: int, first: int, stop: int, task: Any) -> tuple[_Chunk, pd.DataFrame]:
     """A chunk tested on a worker, as :meth:`GenomeScan._chunks` gives it here."""
     reasons, table = task.result()
-    return _Chunk(offset + first, offset + stop, reasons, None, np.empty((0, 0))), table
+    empty = np.empty((0, 0))
+    return _Chunk(offset + first, offset + stop, reasons, None, empty, None), table
 
 
 def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
@@ -1485,25 +1490,31 @@ class _Scanner:
         self.rotation, self.null_basis, self.null_data = _compressed(full, null.eigenvectors)
         self.score_test = _ScoreTest.at(self.null_data, self.null_ml, self.n_total)
 
-    def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
-        """A chunk's table (one row per column of ``block``, individuals x SNPs)."""
-        return self.scan_rotated(block, rotate_block(block, self.rotation))
+    def scan(
+        self, block: NDArray[np.float64], summary: ColumnSummary | None = None
+    ) -> pd.DataFrame:
+        """A chunk's table (one row per column of ``block``, individuals x SNPs;
+        ``summary`` is its :class:`~emlmm.genotypes.ColumnSummary`, if known)."""
+        summary = ColumnSummary.of(block) if summary is None else summary
+        imputed = summary.imputed(block)
+        return self.scan_rotated(summary, imputed, rotate_block(imputed, self.rotation))
 
     def scan_rotated(
-        self, block: NDArray[np.float64], rotated: NDArray[np.float64]
+        self,
+        summary: ColumnSummary,
+        imputed: NDArray[np.float64],
+        rotated: NDArray[np.float64],
     ) -> pd.DataFrame:
-        """A chunk's table from its genotypes and their rotation (:func:`rotate_block`),
-        which scanners of several phenotypes on the same individuals share."""
-        rotated = self._complete(block, rotated)
-        n_miss = np.isnan(block).sum(axis=0)
-        observed = block.shape[0] - n_miss
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.nansum(block, axis=0) / observed
+        """A chunk's table from its summary, its imputed genotypes and their rotation
+        (:func:`rotate_block`), which scanners of several phenotypes on the same
+        individuals share."""
+        rotated = self._complete(imputed, rotated)
+        n_miss = imputed.shape[0] - summary.n_observed
         # Besides emlmm's columns, GEMMA's REML variance ratio (its output's l_remle).
-        table = pd.DataFrame(np.nan, index=range(block.shape[1]), columns=[*COLUMNS, "l_remle"])
-        table["af"], table["n_miss"] = means / 2.0, n_miss
+        table = pd.DataFrame(np.nan, index=range(imputed.shape[1]), columns=[*COLUMNS, "l_remle"])
+        table["af"], table["n_miss"] = summary.means / 2.0, n_miss
         table["n_iter"], table["converged"], table["note"] = 0, False, ""
-        notes = self._notes(block, observed, rotated)
+        notes = self._notes(summary, rotated)
         table["note"] = notes
         good = np.nonzero(notes == "")[0]
         step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
@@ -1533,7 +1544,7 @@ class _Scanner:
         return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
 
     def _complete(
-        self, block: NDArray[np.float64], rotated: NDArray[np.float64]
+        self, imputed: NDArray[np.float64], rotated: NDArray[np.float64]
     ) -> NDArray[np.float64]:
         """With a low-rank kinship, the rotated SNPs (``k x r``, by the eigenvectors of
         non-zero eigenvalues) completed by their coordinates in the null space: on the
@@ -1541,7 +1552,6 @@ class _Scanner:
         length of what is left, orthogonal to everything else (:func:`_compressed`)."""
         if self.null_basis is None:
             return rotated
-        imputed = _imputed(block)
         along = imputed.T @ self.null_basis
         sizes = np.einsum("nk,nk->k", imputed, imputed)
         rest = (
@@ -1571,16 +1581,10 @@ class _Scanner:
                 groups.append((np.array([j]), f"failed: {type(exc).__name__}: {exc}"))
         return groups
 
-    def _notes(
-        self, block: NDArray[np.float64], observed: NDArray[np.intp], rotated: NDArray[np.float64]
-    ) -> NDArray[np.str_]:
-        with np.errstate(invalid="ignore"):
-            spread = np.nanmax(block, axis=0, initial=-np.inf) - np.nanmin(
-                block, axis=0, initial=np.inf
-            )
+    def _notes(self, summary: ColumnSummary, rotated: NDArray[np.float64]) -> NDArray[np.str_]:
         collinear = self._collinear(rotated)
         return np.select(
-            [observed == 0, spread == 0, collinear],
+            [summary.n_observed == 0, summary.spread == 0, collinear],
             ["all genotypes missing", "monomorphic", "collinear with the covariates"],
             "",
         )
@@ -1887,21 +1891,12 @@ def available_cores() -> int:
 
 
 def rotate_block(
-    block: NDArray[np.float64], eigenvectors: NDArray[np.float64]
+    imputed: NDArray[np.float64], eigenvectors: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """A chunk's genotypes (individuals x SNPs, NaN for missing) in the kinship's
-    eigenbasis, one row per SNP: ``(U' g)'``, missing genotypes imputed by the SNP's
-    mean (0 for a SNP with none observed)."""
-    # One row per SNP: per-SNP sums then run along contiguous memory.
-    return _imputed(block).T @ eigenvectors
-
-
-def _imputed(block: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Missing genotypes replaced by the SNP's mean (0 for a SNP with none observed)."""
-    observed = block.shape[0] - np.isnan(block).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.nansum(block, axis=0) / observed
-    return np.where(np.isnan(block), np.where(observed > 0, means, 0.0), block)
+    """A chunk's genotypes (individuals x SNPs, missing ones imputed:
+    :meth:`~emlmm.genotypes.ColumnSummary.imputed`) in the kinship's eigenbasis, one
+    row per SNP: ``(U' g)'`` (per-SNP sums then run along contiguous memory)."""
+    return imputed.T @ eigenvectors
 
 
 #: Relative size below which a squared length found as a difference of squares is 0.
@@ -1973,17 +1968,22 @@ class _PhenotypesScanner:
     ) -> None:
         self.groups, self.phenotypes, self.snp_filter = groups, phenotypes, snp_filter
 
-    def scan(self, block: NDArray[np.float64]) -> pd.DataFrame:
+    def scan(
+        self, block: NDArray[np.float64], summary: ColumnSummary | None = None
+    ) -> pd.DataFrame:
         tables: list[pd.DataFrame | None] = [None] * len(self.phenotypes)
         for group in self.groups:
             rows = block if group.rows is None else block[group.rows]
-            rotated = rotate_block(rows, group.eigenvectors)
+            if group.rows is not None or summary is None:
+                summary = ColumnSummary.of(rows)
+            imputed = summary.imputed(rows)
+            rotated = rotate_block(imputed, group.eigenvectors)
             reasons = (
                 np.full(block.shape[1], "") if group.rows is None
-                else self.snp_filter.reasons(rows)
+                else self.snp_filter.reasons(rows, summary)
             )  # fmt: skip
             for position, name, scanner in group.scanners:
-                table = scanner.scan_rotated(rows, rotated)
+                table = scanner.scan_rotated(summary, imputed, rotated)
                 filtered = reasons != ""
                 if filtered.any():
                     kept = ("af", "n_miss", "note", "n_iter", "converged")
@@ -2033,12 +2033,7 @@ def _check_phenotypes(
     return [str(name) for name in names]
 
 
-def _scan_block(scanner: _Scanner, block: NDArray[np.float64]) -> pd.DataFrame:
-    """One chunk's statistics (a module-level function, so Dask can ship it)."""
-    return scanner.scan(block)
-
-
 def _scan_chunk(chunk: _Chunk) -> pd.DataFrame:
     """A chunk's statistics, here."""
     assert chunk.scanner is not None
-    return chunk.scanner.scan(chunk.block)
+    return chunk.scanner.scan(chunk.block, chunk.summary)

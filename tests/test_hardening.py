@@ -215,11 +215,11 @@ def test_an_interrupted_scan_keeps_its_chunks_and_resumes_to_the_same_file(plink
     original = _Scanner.scan
     calls = []
 
-    def interrupt_third_chunk(self, block):
+    def interrupt_third_chunk(self, block, summary=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, block)
+        return original(self, block, summary)
 
     monkeypatch.setattr(_Scanner, "scan", interrupt_third_chunk)
     with pytest.raises(KeyboardInterrupt):

@@ -24,6 +24,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
+import scipy.linalg.blas
 from numpy.typing import ArrayLike, NDArray
 
 from emlmm._data import check_count
@@ -114,8 +115,34 @@ def kinship_sum(
     for _start, _stop, block in blocks:
         centered = _centered_block(block, method, min_maf, max_missing, counts, filter_rows)
         if centered.shape[1]:
-            matrix += centered @ centered.T
+            _add_products(matrix, centered)
+    _mirror_lower(matrix)
     return matrix, counts
+
+
+def _add_products(matrix: NDArray[np.float64], columns: NDArray[np.float64]) -> None:
+    """``matrix += columns @ columns.T`` in its lower triangle only, in place: BLAS's
+    symmetric rank-k update (dsyrk), half the work of the full product and no n x n
+    temporary."""
+    # matrix.T is the Fortran-ordered view of the C-ordered matrix: BLAS's upper
+    # triangle of it is the lower triangle here. columns.T (Fortran-ordered k x n)
+    # with trans=1 gives columns @ columns.T.
+    result = scipy.linalg.blas.dsyrk(
+        1.0, columns.T, beta=1.0, c=matrix.T, trans=1, lower=0, overwrite_c=1
+    )
+    if not np.shares_memory(result, matrix):  # pragma: no cover - BLAS copied
+        matrix[...] = result.T
+
+
+def _mirror_lower(matrix: NDArray[np.float64]) -> None:
+    """Copy the lower triangle onto the upper one, in place, by blocks of rows."""
+    n = len(matrix)
+    step = max(1, (1 << 22) // max(n, 1))
+    for first in range(0, n, step):
+        stop = min(first + step, n)
+        upper = matrix[first:stop, first:]  # rows first..stop-1, right of the diagonal
+        mirror = matrix[first:, first:stop].T  # the same entries, read below it
+        np.copyto(upper, mirror, where=np.triu(np.ones(upper.shape, dtype=bool), 1))
 
 
 @overload
@@ -246,13 +273,12 @@ def kinship(
             f"no SNP is left to compute the kinship from: {counts.describe()} "
             f"(min_maf={min_maf}, max_missing={max_missing})"
         )
-    matrix /= counts.used
-    matrix = (matrix + matrix.T) / 2.0
+    matrix /= counts.used  # exactly symmetric: one triangle was computed, then mirrored
 
     if source.sample_ids is None:
         return matrix
     labels = source.sample_ids
-    return pd.DataFrame(matrix, index=labels, columns=labels.copy())
+    return pd.DataFrame(matrix, index=labels, columns=labels.copy(), copy=False)
 
 
 class LowRankKinship:

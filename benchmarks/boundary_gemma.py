@@ -58,9 +58,11 @@ def main() -> None:
     table = table.iloc[gemma.index.to_numpy() if len(gemma) == len(table) else slice(None)]
     pve = [line for line in log.splitlines() if "pve estimate" in line]
     print(f"n = {len(y)}, SNPs scanned = {len(gemma)}; GEMMA {pve[0].strip('# ')}")
-    print(f"emlmm: failed {table.note.str.startswith('failed').sum()}, "
-          f"sigma2_e = 0 in {(table.sigma2_e == 0).sum()} SNP fits, max n_iter "
-          f"{table.n_iter.max()}; {emlmm_seconds:.2f} s (GEMMA {gemma_seconds:.2f} s)")
+    print(
+        f"emlmm: failed {table.note.str.startswith('failed').sum()}, "
+        f"sigma2_e = 0 in {(table.sigma2_e == 0).sum()} SNP fits, max n_iter "
+        f"{table.n_iter.max()}; {emlmm_seconds:.2f} s (GEMMA {gemma_seconds:.2f} s)"
+    )
     for test in ("p_wald", "p_lrt", "p_score"):
         gap = np.abs(np.log10(table[test].to_numpy()) - np.log10(gemma[test].to_numpy()))
         print(f"{test:8s} max |dlog10 p| = {gap.max():.2g}, median {np.median(gap):.2g}")

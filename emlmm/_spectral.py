@@ -149,9 +149,10 @@ class KinshipSpectrum:
             key = (("factor", *contiguous.shape), digest)
             if key in _shared:
                 return _shared[key]
-        q, r = np.linalg.qr(factor, mode="complete")
-        width = min(n, k)
-        left, singular, _ = np.linalg.svd(r[:width], full_matrices=False)
+        with one_blas_thread(n):
+            q, r = np.linalg.qr(factor, mode="complete")
+            width = min(n, k)
+            left, singular, _ = np.linalg.svd(r[:width], full_matrices=False)
         values = singular**2
         largest = float(values.max()) if values.size else 0.0
         values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)

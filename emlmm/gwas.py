@@ -406,6 +406,8 @@ class GenomeScan:
     def phenotype_individuals(self) -> dict[str, int]:
         """With ``phenotypes``: the individuals analysed for each phenotype (those with
         the phenotype and every covariate)."""
+        if self.phenotypes is None:
+            return {}
         self._analysed_labels()
         assert self._first_groups is not None
         return {str(name): len(group.labels) for group in self._first_groups
@@ -617,9 +619,14 @@ class GenomeScan:
             (:attr:`in_input_order`).
         client : dask.distributed.Client, optional
             Test the chunks on the workers of a Dask cluster. The null model and
-            eigendecomposition are sent to each worker once; chunks are read here
-            and sent out a few at a time, so memory stays bounded. The results are
-            those of the in-process scan.
+            eigendecomposition, and the genotypes' reader, are sent to each worker
+            once; each task then names a chunk's SNPs, and the worker reads,
+            filters and tests them itself (a PLINK fileset is opened again on the
+            worker, by its absolute path, so it must be on storage the workers see;
+            a dask array's slice is computed there; an in-memory table goes to each
+            worker with the reader). Only the tables come back, a few chunks in
+            flight at a time, so memory stays bounded. The results are those of the
+            in-process scan.
         progress : bool or callable
             ``True`` draws a progress bar on standard error; a callable is called as
             ``progress(done, total)`` after each chunk.

@@ -452,9 +452,12 @@ class PlinkGenotypes:
     # ----------------------------------------------------------- life cycle
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled (to a Dask worker, say) as its paths and metadata: the copy opens the
-        fileset again, so the files must be where the copy runs (shared storage)."""
-        return {**self.__dict__, "_bed": None}
+        """Pickled (to a Dask worker, say) as its paths, made absolute here, and its
+        metadata: the copy opens the fileset again, so the files must be where the copy
+        runs (shared storage)."""
+        paths = {name: getattr(self, name).absolute()
+                 for name in ("bed_path", "bim_path", "fam_path")}  # fmt: skip
+        return {**self.__dict__, **paths, "_bed": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         from bed_reader import open_bed

@@ -197,3 +197,28 @@ def test_threads_do_not_change_numbers(study, monkeypatch):
     monkeypatch.setattr(gwas_module, "available_cores", lambda: 1)
     one = scan.run()
     pd.testing.assert_frame_equal(many, one, check_exact=True)
+
+
+def test_a_pickled_plink_fileset_reopens_by_its_absolute_path(tmp_path, monkeypatch):
+    """What a Dask worker receives opens the same files from any working directory."""
+    import pickle
+
+    from emlmm import read_plink
+
+    genotypes = np.random.default_rng(1).binomial(2, 0.4, size=(12, 5)).astype(float)
+    write_plink(tmp_path / "study", genotypes)
+    monkeypatch.chdir(tmp_path)
+    with read_plink("study") as plink:
+        shipped = pickle.dumps(plink)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    copy = pickle.loads(shipped)
+    assert copy.bed_path.is_absolute()
+    np.testing.assert_array_equal(copy.read(1, 4), genotypes[:, 1:4])
+
+
+def test_phenotype_individuals_is_empty_for_one_response(study):
+    data, frame, related = study
+    scan = GenomeScan("y1 ~ 1 + snp", data, frame.iloc[:, :3], related)
+    assert scan.phenotype_individuals == {}

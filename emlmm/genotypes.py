@@ -378,6 +378,17 @@ class ColumnSummary:
         Smallest and largest observed genotype (inf and -inf for a SNP with none).
     complete : bool
         Whether no genotype of the chunk is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emlmm.genotypes import ColumnSummary
+    >>> block = np.array([[0.0, 2.0], [np.nan, 2.0], [2.0, 2.0]])
+    >>> summary = ColumnSummary.of(block)
+    >>> summary.n_observed.tolist(), summary.means.tolist(), summary.spread.tolist()
+    ([2, 3], [1.0, 2.0], [2.0, 0.0])
+    >>> summary.imputed(block)[:, 0].tolist()
+    [0.0, 1.0, 2.0]
     """
 
     n_observed: NDArray[np.intp]

@@ -22,6 +22,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -492,7 +493,9 @@ class GenomeScan:
         kinship = self._loco_kinship(part) if self.loco else self._kinship
         groups: dict[Any, _PhenotypeGroup] = {}
         where = "all" if part.label is None else f"chromosome {part.label}"
-        with shared_spectra():
+        # Several phenotypes share checks and eigendecompositions (one response: nothing
+        # to share, and no kinship to hash).
+        with shared_spectra() if self.phenotypes is not None else nullcontext():
             names: list[str | None] = [None] if self.phenotypes is None else [*self.phenotypes]
             for name in names:
                 model = self._null_model(kinship, name)

@@ -37,6 +37,11 @@ Array = NDArray[np.float64]
 
 #: Newton steps a SNP gets before it is handed to EM.
 MAX_NEWTON_STEPS = 60
+#: A last Newton step is taken without its derivatives from where the gain it
+#: predicts is below this times sqrt(tol) (:func:`maximise`).
+FINAL_GAIN = 1e-2
+#: ... and the step changes the ratio by less than this, relatively.
+FINAL_STEP = 1e-3
 #: A ratio beyond this means sigma2_e is heading to 0: a boundary EM handles.
 MAX_RATIO = 1e8
 #: Where Newton starts when the null model has sigma2_e = 0 on a singular kinship
@@ -369,9 +374,11 @@ def maximise(
 
     A SNP stops when the gain a Newton step predicts, ``slope^2 / (2 |curvature|)``,
     is below ``tol``, or at ``delta = 0`` when the criterion falls from there (the
-    boundary maximum sigma2_a = 0). Each step updates a bracket ``[low, high]`` from
-    the sign of the slope; a Newton step that would leave it, or that is not
-    towards a maximum, is replaced by a trial of ``delta = 0`` (once, while the
+    boundary maximum sigma2_a = 0), or one step after a predicted gain below
+    :data:`FINAL_GAIN` ``* sqrt(tol)`` (that step's fit is computed without the
+    derivatives: quadratic convergence puts it within ``tol``). Each step updates a
+    bracket ``[low, high]`` from the sign of the slope; a Newton step that would leave
+    it, or that is not towards a maximum, is replaced by a trial of ``delta = 0`` (once, while the
     bracket reaches 0) or by bisection. Steps past :data:`MAX_RATIO` stop the SNP
     unconverged.
     """
@@ -411,6 +418,21 @@ def maximise(
         widened = np.where(d > 0.0, 4.0 * d, 1.0)
         fallback = np.where(np.isfinite(hi), middle, widened)
         step = np.where(inside, newton, np.where(to_zero, 0.0, fallback))
+        # Newton converges quadratically: from where the step predicts a gain below
+        # FINAL_GAIN * sqrt(tol), the next point's gain is about the square of that
+        # (times a factor that is small for a log-likelihood of many observations),
+        # far below tol. The step is taken and only the fit there is computed, without
+        # the derivatives that would only confirm it.
+        # Only for a small step (far out, where the criterion flattens as sigma2_e
+        # heads to 0, small gains come with large steps that do not converge).
+        small = np.abs(step - d) <= FINAL_STEP * d
+        final = ~done & inside & small & (gain < FINAL_GAIN * np.sqrt(tol))
+        if iteration < maxiter and final.any():
+            rows = np.nonzero(final)[0]
+            last = profile(sub.take(rows), step[rows], reml, derivatives=False)
+            result = replace_rows(result, active[rows], last)
+            n_iter[active[rows]] = iteration + 1
+            done = done | final
         runaway = ~done & (step > MAX_RATIO)
         stop = done | runaway | (iteration == maxiter)
         converged[active[done]] = True

@@ -21,9 +21,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -69,9 +67,6 @@ ProgressCallback = Callable[[int, int], None]
 #: Errors that mean a SNP's fit broke down numerically: the SNP gets a note and the
 #: scan goes on. Anything else (a bug, bad input) propagates.
 NUMERICAL_ERRORS = (np.linalg.LinAlgError, ArithmeticError)
-
-#: Threads sharing out a chunk's per-SNP fits (None: every core this process may use).
-_FIT_THREADS: ContextVar[int | None] = ContextVar("fit_threads", default=None)
 
 #: Output columns, in order (``chr`` and ``pos`` come first when known).
 COLUMNS = [
@@ -980,22 +975,17 @@ def _scan_range(
 ) -> tuple[NDArray[np.str_], pd.DataFrame]:
     """On a Dask worker: read SNPs ``first`` to ``stop - 1``, filter and test them.
 
-    The worker's own threads are Dask's: the fits use one, and a dask array's slice
-    is computed here, in this task (never by tasks of the same cluster it would
-    wait for)."""
+    A dask array's slice is computed here, in this task (never by tasks of the same
+    cluster it would wait for)."""
     import dask
 
-    token = _FIT_THREADS.set(1)
-    try:
-        with dask.config.set(scheduler="synchronous"):
-            block, summary = genotypes.read_summarised(first, stop)
-        reasons = snp_filter.reasons(block, summary)
-        kept = reasons == ""
-        if not kept.all():
-            block, summary = block[:, kept], summary.take(kept)
-        return reasons, scanner.scan(block, summary)
-    finally:
-        _FIT_THREADS.reset(token)
+    with dask.config.set(scheduler="synchronous"):
+        block, summary = genotypes.read_summarised(first, stop)
+    reasons = snp_filter.reasons(block, summary)
+    kept = reasons == ""
+    if not kept.all():
+        block, summary = block[:, kept], summary.take(kept)
+    return reasons, scanner.scan(block, summary)
 
 
 def _received(offset: int, first: int, stop: int, task: Any) -> tuple[_Chunk, pd.DataFrame]:
@@ -1529,16 +1519,11 @@ class _Scanner:
         good = np.nonzero(notes == "")[0]
         step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
         blocks = [good[first : first + step] for first in range(0, good.size, step)]
-        # The per-SNP fits are small batched products: one BLAS thread each, and the
-        # blocks of SNPs shared out between the cores (NumPy releases the GIL in its
-        # loops). The rotation, one large product, keeps every BLAS thread.
-        workers = min(_FIT_THREADS.get() or available_cores(), len(blocks))
+        # The per-SNP fits are small batched products: one BLAS thread (the rotation,
+        # one large product, keeps them all). Sharing the blocks between threads was
+        # measured no faster: most of their time holds the GIL.
         with one_blas_thread(self.null_data.k_exog + 1):
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as pool:
-                    done = list(pool.map(lambda rows: self._block(rotated, rows), blocks))
-            else:
-                done = [self._block(rotated, rows) for rows in blocks]
+            done = [self._block(rotated, rows) for rows in blocks]
         columns: dict[str, NDArray[Any]] = {}
         for groups in done:
             for rows, statistics in groups:
@@ -1890,14 +1875,6 @@ class _SnpFits:
     llf: NDArray[np.float64]
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def rotate_block(

@@ -417,3 +417,26 @@ def test_newton_alone_finds_every_snps_maximum(study):
                                      start=(null.sigma2_a, null.sigma2_e))
         assert table.lrt.iloc[j] == pytest.approx(2 * (alternative.llf - null.llf), abs=1e-6)
         assert table.sigma2_a.iloc[j] == pytest.approx(alternative.sigma2_a, rel=1e-4)
+
+
+def test_a_single_precision_centred_kinship_keeps_the_intercept_at_the_mean(tmp_path):
+    """GCTA's .grm.bin holds a kinship in single precision: its null vector (the ones
+    of GEMMA's centring) is then exact only to rounding, and the intercept, which only
+    that direction sees, must still be the mean (it once came out at -8e5 +- 2e6)."""
+    from emlmm import kinship, read_grm, write_grm
+
+    rng = np.random.default_rng(0)
+    n = 600
+    genotypes = rng.binomial(2, 0.3, size=(n, 3000)).astype(float)
+    ids = [f"i{j}" for j in range(n)]
+    exact = pd.DataFrame(kinship(genotypes), index=ids, columns=ids)
+    write_grm(tmp_path / "k", exact)
+    rounded = read_grm(tmp_path / "k")
+    rounded.index = rounded.columns = ids
+    data = pd.DataFrame({"y": 10 + 3 * rng.normal(size=n)}, index=ids)
+    fits = [EMLMM.from_formula("y ~ 1", data, kinship=k).fit(reml=True)
+            for k in (exact, rounded)]
+    assert fits[0].params["Intercept"] == pytest.approx(data.y.mean(), rel=1e-12)
+    assert fits[1].params["Intercept"] == pytest.approx(data.y.mean(), rel=1e-9)
+    assert fits[1].bse["Intercept"] == pytest.approx(fits[0].bse["Intercept"], rel=1e-4)
+    assert fits[1].llf == pytest.approx(fits[0].llf, abs=1e-3)

@@ -240,6 +240,18 @@ class GenomeScan:
         estimates and costs what a one-kinship fixed scan costs; ``method="exact"``
         re-estimates every component for every SNP, one SNP at a time (much slower:
         for refining the top SNPs).
+    phenotypes : list of str, optional
+        Scan several phenotypes, the named columns of ``data``, each on its own
+        (univariate scans, not GEMMA's multivariate ``-n 1 2``); the formula then has
+        no response, e.g. ``"~ 1 + sex + snp"``. The tables have a ``phenotype``
+        column first and a row per SNP and phenotype (SNPs in input order, each SNP's
+        phenotypes in the order given); each phenotype's rows are those of its own
+        scan. Phenotypes analysed on the same individuals (missing on the same ones)
+        share the kinship's eigendecomposition and each chunk's rotation. The SNP
+        filters are computed on the individuals analysed for any phenotype; a SNP
+        they keep but a phenotype's own individuals would filter out gets NaN
+        statistics for that phenotype, with the note ``"filtered out on this
+        phenotype's individuals: <filter>"``. Not with ``vc_formula``.
     eval_env : int or dict
         The namespace the formula's names are looked up in besides ``data``: 0 (the
         default) is the caller's, 1 its caller's, and so on; or the names themselves,

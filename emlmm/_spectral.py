@@ -60,6 +60,20 @@ def remembered(source: Any, what: str, compute: Callable[[], Any]) -> Any:
     return _by_object[key][1]
 
 
+def _by_content(
+    kind: str, matrix: NDArray[np.float64], compute: Callable[[], KinshipSpectrum]
+) -> KinshipSpectrum:
+    """``compute()``, or inside :func:`shared_spectra` the spectrum already computed
+    there from a ``kind`` of matrix equal to ``matrix`` bit for bit."""
+    if _shared is None:
+        return compute()
+    contiguous = np.ascontiguousarray(matrix, dtype=np.float64)
+    key = ((kind, *contiguous.shape), hashlib.blake2b(contiguous.data, digest_size=32).digest())
+    if key not in _shared:
+        _shared[key] = compute()
+    return _shared[key]
+
+
 def pseudo_inverse_tolerance(largest_eigenvalue: float) -> float:
     """Eigenvalues at or below this are treated as zero.
 
@@ -95,18 +109,14 @@ class KinshipSpectrum:
             If the kinship has an eigenvalue that is negative beyond round-off.
         """
         spectrum: KinshipSpectrum = remembered(
-            kinship, "spectrum", lambda: cls._from_kinship(kinship)
+            kinship,
+            "spectrum",
+            lambda: _by_content("kinship", kinship, lambda: cls._decompose(kinship)),
         )
         return spectrum
 
     @classmethod
-    def _from_kinship(cls, kinship: NDArray[np.float64]) -> KinshipSpectrum:
-        key = None
-        if _shared is not None:
-            contiguous = np.ascontiguousarray(kinship, dtype=np.float64)
-            key = (contiguous.shape, hashlib.blake2b(contiguous.data, digest_size=32).digest())
-            if key in _shared:
-                return _shared[key]
+    def _decompose(cls, kinship: NDArray[np.float64]) -> KinshipSpectrum:
         # LAPACK's dsyevr (as GEMMA uses): as fast as NumPy's dsyevd here, and it needs
         # O(n) workspace where dsyevd needs 2 n^2 (1.6 GB at n = 10,000). Small
         # matrices use one BLAS thread (several thrash on a busy machine).
@@ -125,10 +135,7 @@ class KinshipSpectrum:
                 "missing values, recompute it or project it onto the PSD cone."
             )
         eigenvalues = np.where(np.abs(eigenvalues) <= tolerance, 0.0, eigenvalues)
-        spectrum = cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
-        if _shared is not None and key is not None:
-            _shared[key] = spectrum
-        return spectrum
+        return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
 
     @classmethod
     def from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
@@ -141,14 +148,11 @@ class KinshipSpectrum:
         null space. Eigenvalues at or below :func:`pseudo_inverse_tolerance` are zero,
         as in :meth:`from_kinship`, and all are sorted increasing, as ``eigh`` sorts.
         """
+        return _by_content("factor", factor, lambda: cls._from_factor(factor))
+
+    @classmethod
+    def _from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
         n, k = factor.shape
-        key = None
-        if _shared is not None:
-            contiguous = np.ascontiguousarray(factor, dtype=np.float64)
-            digest = hashlib.blake2b(contiguous.data, digest_size=32).digest()
-            key = (("factor", *contiguous.shape), digest)
-            if key in _shared:
-                return _shared[key]
         with one_blas_thread(n):
             q, r = np.linalg.qr(factor, mode="complete")
             width = min(n, k)
@@ -160,10 +164,7 @@ class KinshipSpectrum:
         within = q[:, :width] @ left[:, order]
         eigenvalues = np.concatenate([np.zeros(n - width), values[order]])
         eigenvectors = np.concatenate([q[:, width:], within], axis=1)
-        spectrum = cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
-        if _shared is not None and key is not None:
-            _shared[key] = spectrum
-        return spectrum
+        return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
 
     @property
     def n(self) -> int:

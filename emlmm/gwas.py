@@ -701,11 +701,7 @@ class GenomeScan:
                     current = (number, *self._scanner(number))
                 else:
                     current = (number, None, self._analysed_genotypes(number))
-            block, summary = current[2].read_summarised(first, stop)
-            reasons = self.snp_filter.reasons(block, summary)
-            kept = reasons == ""
-            if not kept.all():
-                block, summary = block[:, kept], summary.take(kept)
+            reasons, block, summary = _read_filtered(current[2], self.snp_filter, first, stop)
             yield _Chunk(offset + first, offset + stop, reasons, current[1], block, summary)
 
     def _distributed(self, client: Any, start: int) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
@@ -992,12 +988,21 @@ def _scan_range(
     import dask
 
     with dask.config.set(scheduler="synchronous"):
-        block, summary = genotypes.read_summarised(first, stop)
+        reasons, block, summary = _read_filtered(genotypes, snp_filter, first, stop)
+    return reasons, scanner.scan(block, summary)
+
+
+def _read_filtered(
+    genotypes: Genotypes, snp_filter: SnpFilter, first: int, stop: int
+) -> tuple[NDArray[np.str_], NDArray[np.float64], ColumnSummary]:
+    """SNPs ``first`` to ``stop - 1``, read and checked: why each is left out (``""``
+    if kept), and the genotypes and summary of those kept."""
+    block, summary = genotypes.read_summarised(first, stop)
     reasons = snp_filter.reasons(block, summary)
     kept = reasons == ""
     if not kept.all():
         block, summary = block[:, kept], summary.take(kept)
-    return reasons, scanner.scan(block, summary)
+    return reasons, block, summary
 
 
 def _received(offset: int, first: int, stop: int, task: Any) -> tuple[_Chunk, pd.DataFrame]:
@@ -1972,17 +1977,18 @@ class _PhenotypesScanner:
     ) -> pd.DataFrame:
         tables: list[pd.DataFrame | None] = [None] * len(self.phenotypes)
         for group in self.groups:
-            rows = block if group.rows is None else block[group.rows]
-            if group.rows is not None or summary is None:
-                summary = ColumnSummary.of(rows)
-            imputed = summary.imputed(rows)
+            if group.rows is None:  # every individual: the chunk's own summary and filters
+                rows = block
+                own = ColumnSummary.of(block) if summary is None else summary
+                reasons = np.full(block.shape[1], "")
+            else:
+                rows = block[group.rows]
+                own = ColumnSummary.of(rows)
+                reasons = self.snp_filter.reasons(rows, own)
+            imputed = own.imputed(rows)
             rotated = rotate_block(imputed, group.eigenvectors)
-            reasons = (
-                np.full(block.shape[1], "") if group.rows is None
-                else self.snp_filter.reasons(rows, summary)
-            )  # fmt: skip
             for position, name, scanner in group.scanners:
-                table = scanner.scan_rotated(summary, imputed, rotated)
+                table = scanner.scan_rotated(own, imputed, rotated)
                 filtered = reasons != ""
                 if filtered.any():
                     kept = ("af", "n_miss", "note", "n_iter", "converged")

@@ -129,8 +129,6 @@ class PlinkGenotypes:
     fam: pd.DataFrame
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
-        from bed_reader import open_bed
-
         self.bed_path, self.bim_path, self.fam_path = _plink_paths(prefix)
         missing = [
             str(p) for p in (self.bed_path, self.bim_path, self.fam_path) if not p.is_file()
@@ -145,13 +143,7 @@ class PlinkGenotypes:
         # bed-reader's own format check is replaced by the clearer ones below. Given
         # the SNP count, it never parses the .bim, whose metadata _read_bim keeps
         # compactly (bed-reader's arrays take about 0.5 kB per SNP).
-        self._bed: Any = open_bed(
-            self.bed_path,
-            sid_count=len(self.snps),
-            fam_location=self.fam_path,
-            bim_location=self.bim_path,
-            skip_format_check=True,
-        )
+        self._bed: Any = self._open_bed()
         self.fam = self._read_fam()
         self.sample_ids = pd.Index(self.fam.index, name="sample")
         self._check_bed_size()
@@ -460,18 +452,23 @@ class PlinkGenotypes:
         return {**self.__dict__, **paths, "_bed": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from bed_reader import open_bed
-
         self.__dict__.update(state)
         if not self._closed:
-            self._bed = open_bed(
-                self.bed_path,
-                iid_count=len(self.sample_ids),
-                sid_count=len(self.snps),
-                fam_location=self.fam_path,
-                bim_location=self.bim_path,
-                skip_format_check=True,
-            )
+            self._bed = self._open_bed(iid_count=len(self.sample_ids))
+
+    def _open_bed(self, iid_count: int | None = None) -> Any:
+        """bed-reader's reader of the .bed; given the SNP count (and, when known, the
+        individuals'), it parses neither the .bim nor the .fam."""
+        from bed_reader import open_bed
+
+        return open_bed(
+            self.bed_path,
+            iid_count=iid_count,
+            sid_count=len(self.snps),
+            fam_location=self.fam_path,
+            bim_location=self.bim_path,
+            skip_format_check=True,
+        )
 
     def close(self) -> None:
         """Release the fileset; later reads raise ``ValueError``."""

@@ -28,7 +28,7 @@ import scipy.linalg.blas
 from numpy.typing import ArrayLike, NDArray
 
 from emlmm._data import check_count
-from emlmm.genotypes import Genotypes
+from emlmm.genotypes import ColumnSummary, Genotypes
 from emlmm.io import PlinkGenotypes
 
 __all__ = ["LowRankKinship", "kinship"]
@@ -69,28 +69,22 @@ def _centered_block(
     centering and scaling at all rows, as GEMMA's.
     """
     n = block.shape[0]
-    observed = ~np.isnan(block)
-    filled = np.where(observed, block, 0.0)
-    n_observed = observed.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):  # NaN for entirely missing SNPs
-        mean = filled.sum(axis=0) / n_observed
-    seen = block if filter_rows is None else block[filter_rows]
-    seen_observed = ~np.isnan(seen)
-    n_seen = seen_observed.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        allele_frequency = np.where(seen_observed, seen, 0.0).sum(axis=0) / (2.0 * n_seen)
-    lowest = np.where(seen_observed, seen, np.inf).min(axis=0)
-    highest = np.where(seen_observed, seen, -np.inf).max(axis=0)
-    polymorphic = highest > lowest
-    too_missing = (seen.shape[0] - n_seen) / seen.shape[0] > max_missing
-    too_rare = (allele_frequency < min_maf) | (allele_frequency > 1.0 - min_maf)
+    everyone = ColumnSummary.of(block)
+    seen = everyone if filter_rows is None else ColumnSummary.of(block[filter_rows])
+    n_seen = n if filter_rows is None else len(filter_rows)
+    allele_frequency = seen.means / 2.0  # NaN for a SNP with none observed
+    polymorphic = seen.highs > seen.lows
+    too_missing = (n_seen - seen.n_observed) / n_seen > max_missing
+    with np.errstate(invalid="ignore"):
+        too_rare = (allele_frequency < min_maf) | (allele_frequency > 1.0 - min_maf)
     keep = polymorphic & ~too_missing & ~too_rare
     counts.monomorphic += int((~polymorphic).sum())
     counts.missing += int((polymorphic & too_missing).sum())
     counts.rare += int((polymorphic & ~too_missing & too_rare).sum())
     counts.used += int(keep.sum())
 
-    centered = np.where(observed[:, keep], block[:, keep], mean[keep]) - mean[keep]
+    kept = everyone.take(keep)  # polymorphic: each has observed genotypes
+    centered = kept.imputed(block[:, keep]) - kept.means
     if method == "standardized":
         variance = (centered**2).sum(axis=0) / n
         centered /= np.sqrt(variance)

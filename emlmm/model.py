@@ -256,23 +256,6 @@ class EMLMM(LikelihoodModel):
         # As MixedLM: the results' params are the fixed effects, then the variances.
         self.data.param_names = [*exog_names, *(f"{n} Var" for n in self.component_names)]
 
-    def _fit_components(
-        self,
-        start_params: ArrayLike | str | None,
-        method: FitMethod,
-        maxiter: int,
-        tol: float | None,
-        reml: bool,
-        disp: bool,
-        use_t: bool,
-    ) -> Any:
-        from emlmm.results import ComponentsResults, ComponentsResultsWrapper
-
-        fit = self._component_trace(start_params, method, maxiter, tol, reml, disp)
-        return ComponentsResultsWrapper(
-            ComponentsResults(self, fit, reml=reml, method=method, use_t=use_t)
-        )
-
     def _component_trace(
         self,
         start_params: ArrayLike | str | None,
@@ -559,7 +542,12 @@ class EMLMM(LikelihoodModel):
             raise TypeError(f"fit() got unexpected keyword arguments {sorted(kwargs)}")
         check_choice("method", method, ("accelerated", "em", "lab"))
         if self.components is not None:
-            return self._fit_components(start_params, method, maxiter, tol, reml, disp, use_t)
+            from emlmm.results import ComponentsResults, ComponentsResultsWrapper
+
+            fit = self._component_trace(start_params, method, maxiter, tol, reml, disp)
+            return ComponentsResultsWrapper(
+                ComponentsResults(self, fit, reml=reml, method=method, use_t=use_t)
+            )
         trace, data = self._fit_trace(start_params, method, maxiter, tol, reml, disp)
         results = EMLMMResults(self, trace, data, reml=reml, method=method, use_t=use_t)
         return EMLMMResultsWrapper(results)

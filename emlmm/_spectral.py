@@ -147,23 +147,36 @@ class KinshipSpectrum:
         eigenvalues (squared singular values); the other columns of ``Q`` span the
         null space. Eigenvalues at or below :func:`pseudo_inverse_tolerance` are zero,
         as in :meth:`from_kinship`, and all are sorted increasing, as ``eigh`` sorts.
+
+        ``Q`` is formed from LAPACK's Householder reflectors in the compact WY form
+        ``Q = I - Y T Y'`` (Schreiber & Van Loan 1989), one ``n x k x n`` matrix
+        product written straight into the eigenvectors: at n = 3,000, k = 300 about
+        0.2 s, where LAPACK's ``dorgqr`` (NumPy's ``qr(mode="complete")``) took 0.75 s.
         """
         return _by_content("factor", factor, lambda: cls._from_factor(factor))
 
     @classmethod
     def _from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
-        n, k = factor.shape
+        n = factor.shape[0]
         with one_blas_thread(n):
-            q, r = np.linalg.qr(factor, mode="complete")
-            width = min(n, k)
-            left, singular, _ = np.linalg.svd(r[:width], full_matrices=False)
-        values = singular**2
-        largest = float(values.max()) if values.size else 0.0
-        values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
-        order = np.argsort(values, kind="stable")
-        within = q[:, :width] @ left[:, order]
+            (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
+            width = tau.shape[0]  # min(n, k) reflectors
+            left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)
+            vectors, coefficients = _compact_wy(reflected[:, :width], tau)
+            values = singular**2
+            largest = float(values.max()) if values.size else 0.0
+            values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
+            order = np.argsort(values, kind="stable")
+            eigenvectors = np.empty((n, n), order="F")
+            # The null space: Q's last n - width columns, I[:, width:] - W Y[width:]'.
+            null_space = eigenvectors[:, : n - width]
+            np.matmul(coefficients, vectors[width:].T, out=null_space)
+            np.negative(null_space, out=null_space)
+            null_space[np.arange(width, n), np.arange(n - width)] += 1.0
+            span = -(coefficients @ vectors[:width].T)  # Q's first width columns
+            span[np.arange(width), np.arange(width)] += 1.0
+            np.matmul(span, left[:, order], out=eigenvectors[:, n - width :])
         eigenvalues = np.concatenate([np.zeros(n - width), values[order]])
-        eigenvectors = np.concatenate([q[:, width:], within], axis=1)
         return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
 
     @property
@@ -188,3 +201,25 @@ class KinshipSpectrum:
     def unrotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
         """Map an eigenbasis array back to individuals: ``U array``."""
         return self.eigenvectors @ array
+
+
+def _compact_wy(
+    reflected: NDArray[np.float64], tau: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``Y`` and ``W = Y T`` with ``Q = I - W Y'``, from LAPACK's ``geqrf`` output.
+
+    ``Y`` holds the Householder vectors (unit diagonal, below it ``reflected``'s lower
+    part). ``T`` is upper triangular with ``T^-1 = D^-1 + triu(Y'Y, 1)``, ``D =
+    diag(tau)`` (Puglisi 1992), so ``T = (I + D triu(Y'Y, 1))^-1 D``: a unit triangular
+    solve, which also holds when a reflector is the identity (``tau = 0``).
+    """
+    width = tau.shape[0]
+    diagonal = np.arange(width)
+    vectors = np.tril(reflected, -1)
+    vectors[diagonal, diagonal] = 1.0
+    upper = np.triu(vectors.T @ vectors, 1) * tau[:, None]
+    upper[diagonal, diagonal] = 1.0
+    coefficients = scipy.linalg.solve_triangular(
+        upper, np.diag(tau), unit_diagonal=True, check_finite=False
+    )
+    return vectors, vectors @ coefficients

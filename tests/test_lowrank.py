@@ -47,6 +47,24 @@ def test_the_spectrum_from_the_factor_is_that_of_the_dense_matrix():
                                atol=1e-10)
 
 
+@pytest.mark.parametrize("n, k", [(40, 40), (30, 45), (50, 1)])
+def test_the_spectrum_of_square_wide_and_rank_one_factors_with_a_zero_column(n, k):
+    # A zero column makes LAPACK's reflector the identity (tau = 0); k >= n leaves no
+    # null space outside R's; k = 1 is a single SNP.
+    rng = np.random.default_rng(n + k)
+    factor = rng.normal(size=(n, k))
+    if k > 1:
+        factor[:, 0] = 0.0
+    low = KinshipSpectrum.from_factor(factor)
+    full = KinshipSpectrum.from_kinship(factor @ factor.T)
+    np.testing.assert_allclose(low.eigenvalues, full.eigenvalues, atol=1e-9)
+    assert low.rank == full.rank == min(n, k - (k > 1))
+    vectors = low.eigenvectors
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(n), atol=1e-12)
+    np.testing.assert_allclose((vectors * low.eigenvalues) @ vectors.T, factor @ factor.T,
+                               atol=1e-9)
+
+
 @pytest.mark.parametrize("reml", [False, True])
 def test_a_fit_with_the_factor_is_the_dense_fit(study, reml):
     data, _, factor, related = study

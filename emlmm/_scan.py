@@ -192,22 +192,30 @@ class Profile:
     curvature: Array
 
 
-def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True) -> Profile:
-    """Evaluate the profiled ML (or REML) criterion's pieces at ``delta`` (shape ``(k,)``)."""
-    s, offsets = batch.slopes, batch.offsets
-    p = batch.k_exog
-    if delta.size and np.all(delta == delta[0]):
-        weights = 1.0 / (delta[0] * s + offsets)  # one ratio for all: shared weights
-    else:
-        weights = np.multiply.outer(delta, s)
-        weights += offsets
-        np.reciprocal(weights, out=weights)
+@dataclass(frozen=True)
+class Moments:
+    """The cross-products at ratios ``delta`` (every SNP of a batch) from which the ML
+    and REML criteria and their first two derivatives both follow: ``M1``, ``M2``,
+    ``M3`` and the traces ``tr(H^-1 H')`` and ``tr((H^-1 H')^2)``.
+
+    An ML fit keeps each SNP's last ones, and its REML fit starts from them
+    (:func:`maximise`): the two maxima are close (their ratios differ by about p / n),
+    so the REML fit needs no evaluation of its own to start.
+    """
+
+    delta: Array
+    m1: Array
+    m2: Array
+    m3: Array
+    trace_1: Array
+    trace_2: Array
+
+
+def moments(batch: SnpBatch, delta: Array) -> Moments:
+    """:class:`Moments` at ``delta`` (shape ``(k,)``)."""
+    weights = _weights(batch, delta)
     m1 = batch.cross_products(weights)
-    cov_unscaled, beta, u, rss = _gls(m1, p)
-    if not derivatives:
-        nan = np.full_like(rss, np.nan)
-        return Profile(delta, beta, cov_unscaled, rss, nan, nan)
-    scaled = weights * s  # d w, d = dH / d delta
+    scaled = weights * batch.slopes  # d w, d = dH / d delta
     m2_weights = scaled * weights  # d w^2
     m2 = batch.cross_products(m2_weights)
     m3 = batch.cross_products(m2_weights * scaled)  # d^2 w^3
@@ -215,6 +223,33 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     trace_2 = np.broadcast_to(
         np.einsum("...n,...n->...", scaled, scaled), delta.shape
     )  # tr((H^-1 H')^2)
+    return Moments(delta, m1, m2, m3, trace_1, trace_2)
+
+
+def _weights(batch: SnpBatch, delta: Array) -> Array:
+    """``H^-1``'s diagonal at each SNP's ratio, ``(k, n)``, or ``(n,)`` shared by all SNPs
+    when they are at the same ratio (cheaper cross-products)."""
+    if delta.size and np.all(delta == delta[0]):
+        return 1.0 / (delta[0] * batch.slopes + batch.offsets)
+    weights = np.multiply.outer(delta, batch.slopes)
+    weights += batch.offsets
+    return np.reciprocal(weights, out=weights)
+
+
+def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True) -> Profile:
+    """Evaluate the profiled ML (or REML) criterion's pieces at ``delta`` (shape ``(k,)``)."""
+    if derivatives:
+        return derive(batch, moments(batch, delta), reml)
+    cov_unscaled, beta, _, rss = _gls(batch.cross_products(_weights(batch, delta)), batch.k_exog)
+    nan = np.full_like(rss, np.nan)
+    return Profile(delta, beta, cov_unscaled, rss, nan, nan)
+
+
+def derive(batch: SnpBatch, at: Moments, reml: bool) -> Profile:
+    """The ML (REML) criterion's pieces and derivatives from its :class:`Moments`."""
+    p = batch.k_exog
+    m2, m3 = at.m2, at.m3
+    cov_unscaled, beta, u, rss = _gls(at.m1, p)
     # rss' = -u' M2 u; rss'' = 2 (u' M3 u - v' (X'H^-1X)^-1 v) with v = (M2 u)_X.
     m2u = np.einsum("kij,kj->ki", m2, u)
     v = m2u[:, :p]
@@ -224,15 +259,15 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     )
     dof = batch.nobs - p if reml else batch.nobs
     ratio_1 = rss_1 / rss
-    slope = -0.5 * dof * ratio_1 - 0.5 * trace_1
-    curvature = -0.5 * dof * (rss_2 / rss - ratio_1**2) + 0.5 * trace_2
+    slope = -0.5 * dof * ratio_1 - 0.5 * at.trace_1
+    curvature = -0.5 * dof * (rss_2 / rss - ratio_1**2) + 0.5 * at.trace_2
     if reml:
         # -1/2 log|X' H^-1 X|, whose derivative brings in M2 and M3 of the design.
         c = cov_unscaled @ m2[:, :p, :p]
         slope = slope + 0.5 * np.trace(c, axis1=1, axis2=2)
         curvature = curvature + 0.5 * np.einsum("kij,kji->k", c, c)
         curvature = curvature - np.einsum("kij,kji->k", cov_unscaled, m3[:, :p, :p])
-    return Profile(delta, beta, cov_unscaled, rss, slope, curvature)
+    return Profile(at.delta, beta, cov_unscaled, rss, slope, curvature)
 
 
 def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array]:
@@ -322,10 +357,17 @@ class RatioFit:
     fit: Profile
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
+    #: Each SNP's last :class:`Moments` (its last evaluation with derivatives).
+    moments: Moments
 
 
 def maximise_globally(
-    batch: SnpBatch, start: float, reml: bool, tol: float, maxiter: int = MAX_NEWTON_STEPS
+    batch: SnpBatch,
+    start: float,
+    reml: bool,
+    tol: float,
+    maxiter: int = MAX_NEWTON_STEPS,
+    first: Moments | None = None,
 ) -> RatioFit:
     """:func:`maximise` from ``start``, checked against the ratios of :data:`GRID`.
 
@@ -335,8 +377,10 @@ def maximise_globally(
     maximum is kept. GEMMA searches a similar grid. The grid costs two matrix
     products over the SNPs, and the check needs exact criteria only for SNPs whose
     grid maximum comes close to a cheap lower bound of their local maximum.
+    ``first`` is passed to :func:`maximise` (the bound stays the tangent at ``start``,
+    a bound wherever Newton started).
     """
-    local = maximise(batch, start, reml, tol, maxiter)
+    local = maximise(batch, start, reml, tol, maxiter, first)
     grid = grid_criterion(batch, reml)
     best = grid.argmax(axis=1)
     best_value = np.take_along_axis(grid, best[:, None], axis=1)[:, 0]
@@ -359,8 +403,10 @@ def maximise_globally(
     better = retry.converged & (criterion(part, retry.fit, reml) > value)
     n_iter = local.n_iter.copy()
     n_iter[again] += retry.n_iter
-    fit = replace_rows(fit, again[better], take_rows(retry.fit, np.nonzero(better)[0]))
-    return RatioFit(fit, n_iter, local.converged)
+    chosen = np.nonzero(better)[0]
+    fit = replace_rows(fit, again[better], take_rows(retry.fit, chosen))
+    latest = replace_rows(local.moments, again[better], take_rows(retry.moments, chosen))
+    return RatioFit(fit, n_iter, local.converged, latest)
 
 
 def maximise(
@@ -369,6 +415,7 @@ def maximise(
     reml: bool,
     tol: float,
     maxiter: int = MAX_NEWTON_STEPS,
+    first: Moments | None = None,
 ) -> RatioFit:
     """Newton's method on ``delta`` for every SNP, from ``start``, kept in a bracket.
 
@@ -380,20 +427,26 @@ def maximise(
     bracket ``[low, high]`` from the sign of the slope; a Newton step that would leave
     it, or that is not towards a maximum, is replaced by a trial of ``delta = 0`` (once, while the
     bracket reaches 0) or by bisection. Steps past :data:`MAX_RATIO` stop the SNP
-    unconverged.
+    unconverged. With ``first`` (every SNP's :class:`Moments`, from the other
+    criterion's fit), Newton starts at ``first.delta`` without evaluating there.
     """
     k = batch.snps.shape[0]
+    if first is not None:
+        start = first.delta
     delta = np.broadcast_to(np.asarray(start, dtype=float), (k,)).copy()
     low, high = np.zeros(k), np.full(k, np.inf)
     zero_tried = np.zeros(k, dtype=bool)
     n_iter = np.zeros(k, dtype=np.intp)
     converged = np.zeros(k, dtype=bool)
     result: Profile | None = None  # each SNP's latest evaluation
+    latest: Moments | None = None  # ... and latest with derivatives
     active = np.arange(k)
     sub = batch
     for iteration in range(1, maxiter + 1):
-        fit = profile(sub, delta[active], reml)
+        at = first if iteration == 1 and first is not None else moments(sub, delta[active])
+        fit = derive(sub, at, reml)
         result = fit if result is None else replace_rows(result, active, fit)
+        latest = at if latest is None else replace_rows(latest, active, at)
         d, slope, curvature = fit.delta, fit.slope, fit.curvature
         n_iter[active] = iteration
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -444,5 +497,5 @@ def maximise(
         delta[active] = step[keep]
         if keep.size < sub.snps.shape[0]:
             sub = sub.take(keep)
-    assert result is not None  # maxiter >= 1
-    return RatioFit(result, n_iter, converged)
+    assert result is not None and latest is not None  # maxiter >= 1
+    return RatioFit(result, n_iter, converged, latest)

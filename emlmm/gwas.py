@@ -1648,8 +1648,8 @@ class _Scanner:
                 l_remle=np.full(k, sigma2_a / sigma2_e if sigma2_e > 0 else np.inf),
             )
         else:
-            ml = self._fit(batch, self.null_ml, reml=False)
-            reml = self._fit(batch, self.null_reml, reml=True)
+            ml, warm = self._fit(batch, self.null_ml, reml=False)
+            reml, _ = self._fit(batch, self.null_reml, reml=True, warm=warm)
             llf = ml.llf
             lrt = 2.0 * (llf - self.null_llf)
             beta, cov_beta = reml.beta, reml.cov_beta
@@ -1687,14 +1687,36 @@ class _Scanner:
         )
         return result
 
-    def _fit(self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool) -> _SnpFits:
+    def _fit(
+        self,
+        batch: _scan.SnpBatch,
+        null: _em.Estimate,
+        reml: bool,
+        warm: tuple[bool, _scan.RatioFit] | None = None,
+    ) -> tuple[_SnpFits, tuple[bool, _scan.RatioFit]]:
         """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
-        for a better maximum), EM where Newton gave up."""
+        for a better maximum), EM where Newton gave up; and what a fit of the other
+        criterion can start from (whether the ratio was inverted, and Newton's result).
+
+        With ``warm`` (the ML fit's), the REML fit starts from each SNP's last ML
+        evaluation, if Newton converged for every SNP in the same parametrisation
+        (otherwise from the null model, as the ML fit does): about 40% of a scan's
+        fitting time (n = 3,000: 8 ms of cross-products per 174 SNPs, of 27).
+        """
         batch, start = _scan.parametrise(batch, float(null.sigma2_a), float(null.sigma2_e))
         k = batch.snps.shape[0]
+        first = None
+        if warm is not None and warm[0] == batch.inverse and warm[1].converged.all():
+            first = warm[1].moments
         newton = _scan.maximise_globally(
-            batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
+            batch,
+            start,
+            reml,
+            self.tol,
+            maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS),
+            first=first,
         )
+        handed = (batch.inverse, newton)
         sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
         fits = _SnpFits(
             newton.fit.beta,
@@ -1708,11 +1730,11 @@ class _Scanner:
         left = np.nonzero(~newton.converged)[0]
         budget = self.maxiter - _scan.MAX_NEWTON_STEPS
         if left.size == 0 or budget <= 0:
-            return fits
+            return fits, handed
         em = self._fit_em(batch.take(left), null, reml, budget)
         # EM's iterations come on top of the Newton steps these SNPs already took.
         em = replace(em, n_iter=em.n_iter + fits.n_iter[left])
-        return _em.replace_rows(fits, left, em)
+        return _em.replace_rows(fits, left, em), handed
 
     def _fit_em(
         self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int

@@ -1,4 +1,4 @@
-"""Per-SNP ML and REML fits for scans, on the variance ratio, in O(n) per SNP and step.
+"""Per-SNP ML and REML fits for scans, on the variance ratio.
 
 In the kinship's eigenbasis ``V = sigma2_e H`` with ``H = diag(delta s + 1)`` and
 ``delta = sigma2_a / sigma2_e``. For a given ``delta``, beta and sigma2_e have closed
@@ -10,7 +10,10 @@ matrices of ``Z = [covariates, snp, y]`` (all rotated)::
 
 (``A = diag(s)`` here). The covariates and y are shared by every SNP, so a batch
 of k SNPs costs a few passes over its ``k x n`` rotated genotypes per step and no
-``(k, n, p)`` array is ever built. Each SNP then takes safeguarded Newton steps
+``(k, n, p)`` array is ever built. Near the null model's ratio, where nearly every
+SNP's maximum lies, the three are power series in the ratio whose coefficients one
+matrix product over the batch gives (:class:`Expansion`): a step then costs
+O(p^2) per SNP, not O(n). Each SNP takes safeguarded Newton steps
 on ``delta`` from the null model's estimate (which EM found) until the gain the
 next step predicts is below the tolerance, the stopping rule of
 :func:`emlmm._em.fit_em`. A SNP that does not converge within
@@ -25,8 +28,10 @@ cross-products so that they vectorise over SNPs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,6 +59,129 @@ INVERSE_RATIO_SWITCH = 1e-2
 GRID = np.concatenate([[0.0], np.logspace(-5.0, 5.0, 11)])
 #: A grid ratio must beat a local maximum by more than this (relative) to count.
 _MARGIN = 1e-9
+#: Terms of the power series in the ratio (:class:`Expansion`) ...
+SERIES_TERMS = 30
+#: ... used for a SNP whose ratio is this close to the series' centre, relatively (its
+#: terms fall at least this fast; the 31 terms leave below 1e-18 of M1, 2e-19 of M3).
+SERIES_REACH = 0.2
+#: No series where ``max(d w0)`` (and ``w0``) exceed this: their 33rd powers would
+#: approach the largest float.
+MAX_SERIES_SCALE = 1e6
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A batch's cross-products as power series in its distance from a ratio.
+
+    With ``w0 = 1 / (delta0 d + c)`` (``H^-1``'s diagonal at the centre ``delta0``)
+    and ``t = delta0 - delta``, ``w = w0 / (1 - t d w0) = w0 sum_j (t d w0)^j``, so
+    for ``a = 0, 1, 2`` (the weights of M1, M2 and M3)::
+
+        Z' diag(d^a w^(a+1)) Z = sum_j C(j + a, a) t^j A_(j+a),
+        A_m = Z' diag(d^m w0^(m+1)) Z,
+
+    and with ``T_m = sum (d w0)^m``: ``tr(H^-1 H') = sum_j t^j T_(j+1)``,
+    ``tr((H^-1 H')^2) = sum_j (j + 1) t^j T_(j+2)`` and ``log|H| = log|H0| - sum_m
+    t^m T_m / m``. The ``A_m`` cost one matrix product over the batch's SNPs; then
+    each evaluation of a SNP costs :data:`SERIES_TERMS` terms, not a pass over the
+    individuals. The series converges where ``|t| max(d w0) < 1`` and is used where
+    that is below :data:`SERIES_REACH`; their terms are of one sign (t > 0) or
+    alternate (t < 0), so their rounding is that of the sums over individuals.
+    """
+
+    centre: float
+    inverse: bool
+    #: ``max(d w0)``: ``|t|`` times this is the ratio of the series' terms.
+    reach: float
+    #: ``A_m`` of the shared columns, ``(m, f, f)``; of a SNP and the shared columns,
+    #: ``(k, m, f)``; of a SNP with itself, ``(k, m)``; and ``T_m``, for ``m = 0,
+    #: ..., SERIES_TERMS + 2``.
+    shared: Array
+    snp_shared: Array
+    snp_snp: Array
+    traces: Array
+    log_det: float
+
+    @classmethod
+    def around(cls, batch: SnpBatch, centre: float) -> Expansion | None:
+        """The series around ``centre``; None where its powers would overflow (a
+        ratio near 0 with the inverse parametrisation and a tiny eigenvalue, where
+        the series would serve almost nothing anyway)."""
+        d = batch.slopes
+        w0 = 1.0 / (centre * d + batch.offsets)
+        ratio = d * w0
+        if not ratio.size or ratio.max() * max(float(w0.max()), 1.0) > MAX_SERIES_SCALE:
+            return None
+        powers = np.empty((SERIES_TERMS + 3, d.shape[0]))  # d^m w0^(m+1), row m
+        powers[0] = w0
+        for m in range(1, powers.shape[0]):
+            np.multiply(powers[m - 1], ratio, out=powers[m])
+        shared = batch._shared
+        (k, n), f, terms = batch.snps.shape, shared.shape[1], powers.shape[0]
+        weighted = (powers[:, :, None] * shared).transpose(1, 0, 2).reshape(n, terms * f)
+        return cls(
+            centre,
+            batch.inverse,
+            float(ratio.max()),
+            (powers @ batch._shared_products).reshape(terms, f, f),
+            (batch.snps @ weighted).reshape(k, terms, f),
+            (batch.snps * batch.snps) @ powers.T,
+            (ratio[None, :] ** np.arange(terms)[:, None]).sum(axis=1),
+            float(np.log(1.0 / w0).sum()),
+        )
+
+    def take(self, indices: NDArray[np.intp]) -> Expansion:
+        return replace(self, snp_shared=self.snp_shared[indices], snp_snp=self.snp_snp[indices])
+
+    def near(self, delta: Array) -> NDArray[np.bool_]:
+        """Which ratios the series serves."""
+        return np.abs(self.centre - delta) * self.reach <= SERIES_REACH
+
+    def powers(self, delta: Array, terms: int = SERIES_TERMS + 1) -> Array:
+        """``t^j`` for ``j < terms``, ``(k, terms)`` (products, not ``pow``: 20x faster)."""
+        powers = np.empty((delta.shape[0], terms))
+        powers[:, 0] = 1.0
+        powers[:, 1:] = (self.centre - delta)[:, None]
+        return np.cumprod(powers, axis=1, out=powers)
+
+    def cross_products(self, delta: Array, order: int, powers: Array | None = None) -> Array:
+        """``Z' diag(d^a w^(a+1)) Z`` at ``delta`` for ``a = order`` (0: M1, 1: M2,
+        2: M3), ``(k, p + 1, p + 1)`` as :meth:`SnpBatch.cross_products` orders them
+        (``powers``: :meth:`powers` at ``delta``, if known)."""
+        j = np.arange(SERIES_TERMS + 1)
+        powers = self.powers(delta) if powers is None else powers
+        coefficients = powers * _binomial(j + order, order)
+        terms = slice(order, order + SERIES_TERMS + 1)
+        f = self.shared.shape[-1]
+        shared = (coefficients @ self.shared[terms].reshape(-1, f * f)).reshape(-1, f, f)
+        snp_shared = np.einsum("kj,kjf->kf", coefficients, self.snp_shared[:, terms])
+        snp_snp = np.einsum("kj,kj->k", coefficients, self.snp_snp[:, terms])
+        return _assemble(shared, snp_shared, snp_snp)
+
+    def moments(self, delta: Array) -> Moments:
+        powers = self.powers(delta)
+        j = np.arange(SERIES_TERMS + 1)
+        return Moments(
+            delta,
+            self.cross_products(delta, 0, powers),
+            self.cross_products(delta, 1, powers),
+            self.cross_products(delta, 2, powers),
+            powers @ self.traces[1 : SERIES_TERMS + 2],
+            (powers * (j + 1)) @ self.traces[2 : SERIES_TERMS + 3],
+        )
+
+    def log_det_h(self, delta: Array) -> Array:
+        m = np.arange(1, SERIES_TERMS + 2)
+        return self.log_det - self.powers(delta, SERIES_TERMS + 2)[:, 1:] @ (self.traces[m] / m)
+
+
+def _binomial(top: NDArray[np.intp], bottom: int) -> Array:
+    """``C(top, bottom)`` for ``bottom`` in 0, 1, 2."""
+    if bottom == 0:
+        return np.ones(top.shape)
+    if bottom == 1:
+        return top.astype(float)
+    return top * (top - 1) / 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +204,8 @@ class SnpBatch:
     #: in fewer rows, whose weights are those of every row it stands for: see
     #: :func:`emlmm.gwas._compressed`); 0: the rows.
     n_total: int = 0
+    #: The cross-products as power series around a ratio (:meth:`expanded`), if built.
+    expansion: Expansion | None = None
 
     @cached_property
     def slopes(self) -> Array:
@@ -109,7 +239,16 @@ class SnpBatch:
 
     def take(self, indices: NDArray[np.intp]) -> SnpBatch:
         """The SNPs at ``indices``, with the shared columns."""
-        return replace(self, snps=self.snps[indices])
+        expansion = None if self.expansion is None else self.expansion.take(indices)
+        return replace(self, snps=self.snps[indices], expansion=expansion)
+
+    def expanded(self, centre: float) -> SnpBatch:
+        """This batch with its cross-products expanded around the ratio ``centre``
+        (:class:`Expansion`), unless already expanded in this parametrisation."""
+        if self.expansion is not None and self.expansion.inverse == self.inverse:
+            return self
+        expansion = Expansion.around(self, centre)
+        return self if expansion is None else replace(self, expansion=expansion)
 
     def cross_products(self, weights: Array) -> Array:
         """``Z' diag(w) Z`` for every SNP, ``(k, p + 1, p + 1)``.
@@ -212,7 +351,54 @@ class Moments:
 
 
 def moments(batch: SnpBatch, delta: Array) -> Moments:
-    """:class:`Moments` at ``delta`` (shape ``(k,)``)."""
+    """:class:`Moments` at ``delta`` (shape ``(k,)``): from the batch's
+    :class:`Expansion` where it serves, directly elsewhere."""
+    return _evaluate(batch, delta, Expansion.moments, _direct_moments)
+
+
+_Result = TypeVar("_Result", Array, Moments)
+
+
+def _evaluate(
+    batch: SnpBatch,
+    delta: Array,
+    series: Callable[[Expansion, Array], _Result],
+    direct: Callable[[SnpBatch, Array], _Result],
+) -> _Result:
+    """``series`` for the SNPs whose ratio the batch's expansion serves, ``direct``
+    (sums over the individuals) for the others; one result, rows in order."""
+    expansion = batch.expansion
+    near = None if expansion is None else expansion.near(delta)
+    if expansion is None or near is None or not near.any():
+        return direct(batch, delta)
+    if near.all():
+        return series(expansion, delta)
+    rows, others = np.nonzero(near)[0], np.nonzero(~near)[0]
+    served = series(expansion.take(rows), delta[rows])
+    summed = direct(batch.take(others), delta[others])
+    return _merged(delta.shape[0], ((rows, served), (others, summed)))
+
+
+def _merged(k: int, parts: tuple[tuple[NDArray[np.intp], Any], ...]) -> Any:
+    """Per-SNP arrays, or dataclasses of them, with each part's rows where it says."""
+    template = parts[0][1]
+    if isinstance(template, np.ndarray):
+        merged = np.empty((k, *template.shape[1:]))
+        for where, part in parts:
+            merged[where] = part
+        return merged
+    empty = {
+        name: np.empty((k, *np.shape(getattr(template, name))[1:]))
+        for name in (field.name for field in fields(template))
+    }
+    result = replace(template, **empty)
+    for where, part in parts:
+        result = replace_rows(result, where, part)
+    return result
+
+
+def _direct_moments(batch: SnpBatch, delta: Array) -> Moments:
+    """:class:`Moments` at ``delta`` from sums over the individuals."""
     weights = _weights(batch, delta)
     m1 = batch.cross_products(weights)
     scaled = weights * batch.slopes  # d w, d = dH / d delta
@@ -240,7 +426,13 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
     """Evaluate the profiled ML (or REML) criterion's pieces at ``delta`` (shape ``(k,)``)."""
     if derivatives:
         return derive(batch, moments(batch, delta), reml)
-    cov_unscaled, beta, _, rss = _gls(batch.cross_products(_weights(batch, delta)), batch.k_exog)
+    m1 = _evaluate(
+        batch,
+        delta,
+        lambda expansion, at: expansion.cross_products(at, 0),
+        lambda part, at: part.cross_products(_weights(part, at)),
+    )
+    cov_unscaled, beta, _, rss = _gls(m1, batch.k_exog)
     nan = np.full_like(rss, np.nan)
     return Profile(delta, beta, cov_unscaled, rss, nan, nan)
 
@@ -284,7 +476,12 @@ def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array]:
 
 
 def log_det_h(batch: SnpBatch, delta: Array) -> Array:
-    """``log|H| = sum(log(delta d + c))`` for each ratio in ``delta``."""
+    """``log|H| = sum(log(delta d + c))`` for each ratio in ``delta`` (from the batch's
+    :class:`Expansion` where it serves)."""
+    return _evaluate(batch, delta, Expansion.log_det_h, _direct_log_det_h)
+
+
+def _direct_log_det_h(batch: SnpBatch, delta: Array) -> Array:
     # log of 1 + delta s, not log1p: twice as fast, and each term is still within
     # one rounding of its value in absolute terms, which is what the sum needs.
     terms = np.multiply.outer(delta, batch.slopes)

@@ -244,3 +244,70 @@ def test_reml_started_from_the_ml_fits_moments_finds_the_same_maxima(problem, mo
     for j in range(genotypes.shape[1]):
         oracle = dense.maximise(y, design(problem, j), kinship, reml=True)
         assert _scan.criterion(batch, warm.fit, True)[j] == pytest.approx(oracle.llf, abs=1e-6)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("centre", [0.0, 0.05, 1.3, 40.0])
+def test_the_power_series_give_the_direct_sums(problem, inverse, centre):
+    y, covariates, genotypes, kinship = problem
+    batch = _scan.replace(rotated_batch(y, covariates, genotypes, kinship), inverse=inverse)
+    expanded = batch.expanded(centre)
+    expansion = expanded.expansion
+    assert expansion is not None and expansion.inverse == inverse
+    # Ratios spread over the series' reach, and beyond it (those are summed directly).
+    reach = _scan.SERIES_REACH / expansion.reach
+    delta = np.maximum(centre + reach * np.array([-0.99, -0.5, 0.0, 0.3, 0.99, 3.0]), 0.0)
+    near = expansion.near(delta)
+    assert near[:5].all() and not near[5]
+    series, direct = _scan.moments(expanded, delta), _scan._direct_moments(batch, delta)
+    for name in ("m1", "m2", "m3", "trace_1", "trace_2"):
+        got, want = getattr(series, name), getattr(direct, name)
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+    np.testing.assert_allclose(
+        _scan.log_det_h(expanded, delta), _scan._direct_log_det_h(batch, delta), rtol=1e-14,
+        atol=1e-13,
+    )
+    fast = _scan.profile(expanded, delta, reml=True, derivatives=False)
+    slow = _scan.profile(batch, delta, reml=True, derivatives=False)
+    np.testing.assert_allclose(fast.beta, slow.beta, rtol=1e-12)
+    np.testing.assert_allclose(fast.rss, slow.rss, rtol=1e-13)
+    # A subset keeps its own SNPs' series.
+    rows = np.array([4, 1])
+    np.testing.assert_allclose(
+        _scan.moments(expanded.take(rows), delta[rows]).m2, direct.m2[rows], rtol=1e-13
+    )
+
+
+@pytest.mark.parametrize("h2", [0.4, 0.995])
+def test_a_scan_with_the_series_is_the_scan_with_direct_sums(monkeypatch, h2):
+    # Families with a centred kinship, a covariate, missing genotypes; h2 = 0.995 puts
+    # the null model past the switch to the inverse ratio.
+    rng = np.random.default_rng(int(h2 * 1000))
+    n, m = 240, 150
+    founders = rng.binomial(2, rng.uniform(0.1, 0.5, 400), size=(n // 4, 400)).astype(float)
+    family = np.repeat(np.arange(n // 4), 4)
+    pool = np.clip(founders[family] + rng.integers(-1, 2, size=(n, 400)), 0, 2)
+    genotypes = pool[:, :m].copy()
+    genotypes[rng.random(genotypes.shape) < 0.02] = np.nan
+    standardised = (pool - pool.mean(0)) / pool.std(0).clip(1e-9)
+    kinship = standardised @ standardised.T / pool.shape[1]
+    polygenic = np.linalg.cholesky(kinship + 1e-6 * np.eye(n)) @ rng.normal(size=n)
+    x = rng.normal(size=n)
+    y = 0.5 * x + np.sqrt(h2) * polygenic + np.sqrt(1 - h2) * rng.normal(size=n)
+    y = y + 0.3 * np.nan_to_num(genotypes[:, 7], nan=1.0)
+    data = pd.DataFrame({"y": y, "x": x})
+    fast = gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+    monkeypatch.setattr(_scan.SnpBatch, "expanded", lambda batch, centre: batch)
+    slow = gwas("y ~ 1 + x + snp", data, genotypes, kinship)
+    assert fast.converged.all() and slow.converged.all()
+    for column in ("beta", "se", "llf", "sigma2_a", "sigma2_e"):
+        np.testing.assert_allclose(fast[column], slow[column], rtol=1e-10, err_msg=column)
+    np.testing.assert_allclose(np.log10(fast.p_lrt), np.log10(slow.p_lrt), rtol=1e-9)
+
+
+def test_no_series_where_its_powers_would_overflow(problem):
+    y, covariates, genotypes, kinship = problem
+    batch = rotated_batch(y, covariates, genotypes, kinship)
+    tiny = _scan.replace(batch, eigenvalues=np.r_[1e-9, batch.eigenvalues[1:]], inverse=True)
+    assert tiny.expanded(0.0) is tiny  # max(d w0) = 1e9: the sums over individuals serve
+    assert tiny.expanded(1.0).expansion is not None

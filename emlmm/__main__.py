@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
 
 from emlmm import EMLMM, __version__
 from emlmm.model import LAB_START_SIGMA2_A, LAB_START_SIGMA2_E
@@ -77,6 +76,8 @@ def run_lab(args: argparse.Namespace) -> int:
     mixed = EMLMM.from_formula("y ~ 1", data=frame, kinship=data.kinship).fit(
         start_params="lab", method=args.method, disp=True
     )
+    import statsmodels.formula.api as smf  # the lab's comparison only (the scan never needs it)
+
     ols = smf.ols("y ~ 1", data=frame).fit()
     print()
     print(_comparison(mixed, ols).to_string(float_format=lambda v: f"{v:.4f}", na_rep="-"))

@@ -1050,7 +1050,8 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
         return pd.Series(np.asarray(values), dtype=object)
 
     def scientific(values: Any) -> NDArray[np.str_]:
-        return np.char.mod("%.6e", np.asarray(values, dtype=np.float64))
+        # Python's own formatting of a list: twice as fast as numpy.char.mod.
+        return np.array([f"{value:.6e}" for value in np.asarray(values, np.float64).tolist()])
 
     with np.errstate(divide="ignore", invalid="ignore"):
         l_mle = labelled.sigma2_a.to_numpy(float) / labelled.sigma2_e.to_numpy(float)

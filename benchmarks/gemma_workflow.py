@@ -376,6 +376,9 @@ def report(folder: Path, repeats: int) -> None:
     K_used = kinships["centered"][1][np.ix_(keep, keep)]
     P = np.eye(len(K_used)) - 1.0 / len(K_used)
     K_centred = P @ K_used @ P
+    # The covariate file's two columns, as the log names them (covar1, covar2 for a file
+    # without a header; c1, c2 where a name cannot stand in a formula).
+    first, second = (name[5:-1] for name in reml.index if name.startswith("beta["))
     rows = [
         ("individuals analysed", gl["number of analyzed individuals"][0], n, ""),
         ("SNPs analysed", gl["number of analyzed SNPs/var"][0], counts["snps"], ""),
@@ -385,11 +388,11 @@ def report(folder: Path, repeats: int) -> None:
          "emlmm: mean diagonal of the uncentred K"),
         ("se(pve)", gl["se(pve) in the null model"][0], reml["se_pve"], ""),
         ("beta[1] (REML)", gl["beta estimate in the null model"][0],
-         reml["beta[c1]"], "intercept: changes with centring"),
+         reml[f"beta[{first}]"], "intercept: changes with centring"),
         ("beta[sex] (REML)", gl["beta estimate in the null model"][1],
-         reml["beta[c2]"], ""),
-        ("se(beta[1])", gl["se(beta)"][0], reml["se[c1]"], ""),
-        ("se(beta[sex])", gl["se(beta)"][1], reml["se[c2]"], ""),
+         reml[f"beta[{second}]"], ""),
+        ("se(beta[1])", gl["se(beta)"][0], reml[f"se[{first}]"], ""),
+        ("se(beta[sex])", gl["se(beta)"][1], reml[f"se[{second}]"], ""),
         ("REML log-lik", gl["REMLE log-likelihood in the null model"][0], reml["llf"],
          f"GEMMA adds 0.5 log|W'W| = {half_logdet_ww:.4f}: emlmm + that = "
          f"{reml['llf'] + half_logdet_ww:.6g}"),

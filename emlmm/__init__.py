@@ -1,5 +1,7 @@
 """emlmm: linear mixed models with a kinship matrix, fitted by EM, for statsmodels."""
 
+from typing import TYPE_CHECKING, Any
+
 from emlmm import datasets
 from emlmm.gwas import GenomeScan, ScanFileError, ScanOutput, ScanSummary, gwas
 from emlmm.io import (
@@ -11,8 +13,10 @@ from emlmm.io import (
     write_grm,
 )
 from emlmm.kinship import LowRankKinship, kinship
-from emlmm.model import EMLMM
-from emlmm.results import EMLMMResults, LikelihoodRatioTest
+
+if TYPE_CHECKING:
+    from emlmm.model import EMLMM
+    from emlmm.results import EMLMMResults, LikelihoodRatioTest
 
 __all__ = [
     "EMLMM",
@@ -34,3 +38,26 @@ __all__ = [
     "write_grm",
 ]
 __version__ = "0.1.0.dev0"
+
+#: Names imported on first use: the model layer brings statsmodels' (and with it
+#: scipy.stats), about half a second that a command-line scan can spend reading its
+#: inputs meanwhile (``emlmm.__main__``).
+_LAZY = {
+    "EMLMM": "emlmm.model",
+    "EMLMMResults": "emlmm.results",
+    "LikelihoodRatioTest": "emlmm.results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'emlmm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

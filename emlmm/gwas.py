@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import patsy
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
+from scipy import special
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _components, _em, _scan
@@ -58,7 +58,9 @@ from emlmm.genotypes import (
     default_chunk_size,
 )
 from emlmm.kinship import kinship_sum
-from emlmm.model import EMLMM, ComponentsNullFit, NullFit
+
+if TYPE_CHECKING:  # the model (and statsmodels' model layer) is imported when a scan fits
+    from emlmm.model import EMLMM, ComponentsNullFit, NullFit
 
 __all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]
 
@@ -484,6 +486,8 @@ class GenomeScan:
         return len(self.snps)
 
     def _null_model(self, kinship: Any, phenotype: str | None) -> EMLMM:
+        from emlmm.model import EMLMM
+
         formula = self._null_formula
         if phenotype is not None:  # the formula has no response: each phenotype's own
             formula = f"Q({phenotype!r}) {formula}"
@@ -563,6 +567,8 @@ class GenomeScan:
         return scanner, genotypes
 
     def _one_scanner(self, null: NullFit | ComponentsNullFit) -> _Scanner:
+        from emlmm.model import ComponentsNullFit
+
         if isinstance(null, ComponentsNullFit):
             return _ComponentScanner(null, self.method, self.maxiter, self.tol)
         return _Scanner(null, self.method, self.maxiter, self.tol)
@@ -1679,10 +1685,10 @@ class _Scanner:
         result.update(
             beta=fit_data.endog_scale * beta,
             se=fit_data.endog_scale * se,
-            p_wald=stats.f.sf((beta / se) ** 2, 1, df_resid),
+            p_wald=special.fdtrc(1, df_resid, (beta / se) ** 2),
             llf=llf + fit_data.llf_offset(reml=False),
             lrt=lrt,
-            p_lrt=stats.chi2.sf(lrt, 1),
+            p_lrt=special.chdtrc(1, lrt),
             sigma2_a=fit_data.variances_to_user(result["sigma2_a"]),
             sigma2_e=fit_data.variances_to_user(result["sigma2_e"]),
         )
@@ -1871,7 +1877,7 @@ class _ComponentScanner(_Scanner):
         p_xx = np.einsum("ij,ij->j", snps, projected)
         rss = float(data.endog @ projected_y)
         statistic = data.nobs * p_xy**2 / (rss * p_xx)
-        return stats.f.sf(statistic, 1, data.nobs - data.k_exog - 1)
+        return special.fdtrc(1, data.nobs - data.k_exog - 1, statistic)
 
 
 @dataclass(frozen=True)
@@ -1908,7 +1914,7 @@ class _ScoreTest:
             "ki,ki->k", cross, cross @ self.cov_beta
         )
         statistic = self.nobs * p_xy**2 / (self.rss * p_xx)
-        return stats.f.sf(statistic, 1, self.nobs - self.cov_beta.shape[0] - 1)
+        return special.fdtrc(1, self.nobs - self.cov_beta.shape[0] - 1, statistic)
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,48 @@ def test_gwas_command_reports_a_kinship_of_the_wrong_size(plink_study, tmp_path)
     with pytest.raises(SystemExit, match=r"has 10 rows but the \.fam file has 90 individuals"):
         main(["gwas", "--bfile", str(prefix), "--kinship", str(tmp_path / "K.txt"),
               "--out", str(tmp_path / "x.tsv")])
+
+
+def test_importing_emlmm_leaves_the_model_layer_for_its_first_use():
+    # The command line reads a scan's inputs while statsmodels' model layer (and
+    # scipy.stats, which it imports) loads on another thread; that needs `import
+    # emlmm` not to import them, and the lazy names to resolve as before.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, emlmm\n"
+        "heavy = ['emlmm.model', 'emlmm.results', 'statsmodels.base.model', 'scipy.stats']\n"
+        "print(*[name in sys.modules for name in heavy])\n"
+        "from emlmm import EMLMM, EMLMMResults, LikelihoodRatioTest\n"
+        "print(EMLMM.__module__, EMLMMResults.__module__, emlmm.LikelihoodRatioTest.__name__)\n"
+        "print(callable(emlmm.gwas), 'EMLMM' in dir(emlmm))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:3] == [
+        "False False False False",
+        "emlmm.model emlmm.results LikelihoodRatioTest",
+        "True True",
+    ]
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        import emlmm
+
+        emlmm.nonsense  # noqa: B018
+
+
+def test_the_model_layer_is_imported_on_a_thread_joined_at_the_blocks_end(monkeypatch):
+    import importlib
+    import threading
+
+    from emlmm import __main__ as cli
+
+    loaded = []
+
+    def slow_import(name):
+        threading.Event().wait(0.2)
+        loaded.append((name, threading.current_thread().name))
+
+    monkeypatch.setattr(importlib, "import_module", slow_import)
+    with cli._loaded_meanwhile("emlmm.model"):
+        assert loaded == []  # the block runs while the import does
+    assert loaded == [("emlmm.model", "import emlmm.model")]

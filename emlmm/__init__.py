@@ -40,8 +40,8 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 #: Names imported on first use: the model layer brings statsmodels' (and with it
-#: scipy.stats), about half a second that a command-line scan can spend reading its
-#: inputs meanwhile (``emlmm.__main__``).
+#: scipy.stats), about half a second that reading files and computing kinships
+#: (``emlmm kinship``) do not need.
 _LAZY = {
     "EMLMM": "emlmm.model",
     "EMLMMResults": "emlmm.results",

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,34 +105,6 @@ def _comparison(mixed, ols) -> pd.DataFrame:  # type: ignore[no-untyped-def]
 
 def run_gwas(args: argparse.Namespace) -> int:
     """A scan from PLINK files (GEMMA's ``-bfile`` workflow), written as a table and a log."""
-    with _loaded_meanwhile("emlmm.model"):
-        return _scan_files(args)
-
-
-@contextmanager
-def _loaded_meanwhile(module: str) -> Iterator[None]:
-    """Import ``module`` on another thread while the block runs (its first use waits
-    for it; the block's end too, so that no import is left running at exit).
-
-    A scan needs the model layer (statsmodels' and, through it, scipy.stats: about
-    half a second) only once its inputs are read; reading them (pandas' parser,
-    bed-reader) mostly releases the GIL, so the two overlap.
-    """
-
-    def load() -> None:
-        with suppress(Exception):  # a failure shows where the module is used
-            importlib.import_module(module)
-
-    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-
-
-def _scan_files(args: argparse.Namespace) -> int:
-    """:func:`run_gwas`'s work, while the model layer loads."""
     from emlmm import GenomeScan, ScanOutput, read_plink
     from emlmm.genotypes import SnpFilter
 

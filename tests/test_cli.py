@@ -83,9 +83,9 @@ def test_gwas_command_reports_a_kinship_of_the_wrong_size(plink_study, tmp_path)
 
 
 def test_importing_emlmm_leaves_the_model_layer_for_its_first_use():
-    # The command line reads a scan's inputs while statsmodels' model layer (and
-    # scipy.stats, which it imports) loads on another thread; that needs `import
-    # emlmm` not to import them, and the lazy names to resolve as before.
+    # Reading files and computing kinships (emlmm kinship) need neither statsmodels'
+    # model layer nor scipy.stats, which it imports (about half a second); the lazy
+    # names resolve as before.
     import subprocess
     import sys
 
@@ -108,20 +108,3 @@ def test_importing_emlmm_leaves_the_model_layer_for_its_first_use():
 
         emlmm.nonsense  # noqa: B018
 
-
-def test_the_model_layer_is_imported_on_a_thread_joined_at_the_blocks_end(monkeypatch):
-    import importlib
-    import threading
-
-    from emlmm import __main__ as cli
-
-    loaded = []
-
-    def slow_import(name):
-        threading.Event().wait(0.2)
-        loaded.append((name, threading.current_thread().name))
-
-    monkeypatch.setattr(importlib, "import_module", slow_import)
-    with cli._loaded_meanwhile("emlmm.model"):
-        assert loaded == []  # the block runs while the import does
-    assert loaded == [("emlmm.model", "import emlmm.model")]

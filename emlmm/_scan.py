@@ -338,11 +338,8 @@ class Profile:
 class Moments:
     """The cross-products at ratios ``delta`` (every SNP of a batch) from which the ML
     and REML criteria and their first two derivatives both follow: ``M1``, ``M2``,
-    ``M3`` and the traces ``tr(H^-1 H')`` and ``tr((H^-1 H')^2)``.
-
-    An ML fit keeps each SNP's last ones, and its REML fit starts from them
-    (:func:`maximise`): the two maxima are close (their ratios differ by about p / n),
-    so the REML fit needs no evaluation of its own to start.
+    ``M3`` and the traces ``tr(H^-1 H')`` and ``tr((H^-1 H')^2)``; summed over the
+    individuals or from a batch's :class:`Expansion`.
     """
 
     delta: Array
@@ -557,8 +554,6 @@ class RatioFit:
     fit: Profile
     n_iter: NDArray[np.intp]
     converged: NDArray[np.bool_]
-    #: Each SNP's last :class:`Moments` (its last evaluation with derivatives).
-    moments: Moments
 
 
 def maximise_globally(
@@ -567,7 +562,6 @@ def maximise_globally(
     reml: bool,
     tol: float,
     maxiter: int = MAX_NEWTON_STEPS,
-    first: Moments | None = None,
 ) -> RatioFit:
     """:func:`maximise` from ``start``, checked against the ratios of :data:`GRID`.
 
@@ -577,10 +571,8 @@ def maximise_globally(
     maximum is kept. GEMMA searches a similar grid. The grid costs two matrix
     products over the SNPs, and the check needs exact criteria only for SNPs whose
     grid maximum comes close to a cheap lower bound of their local maximum.
-    ``first`` is passed to :func:`maximise` (the bound stays the tangent at ``start``,
-    a bound wherever Newton started).
     """
-    local = maximise(batch, start, reml, tol, maxiter, first)
+    local = maximise(batch, start, reml, tol, maxiter)
     grid = grid_criterion(batch, reml)
     best = grid.argmax(axis=1)
     best_value = np.take_along_axis(grid, best[:, None], axis=1)[:, 0]
@@ -603,10 +595,8 @@ def maximise_globally(
     better = retry.converged & (criterion(part, retry.fit, reml) > value)
     n_iter = local.n_iter.copy()
     n_iter[again] += retry.n_iter
-    chosen = np.nonzero(better)[0]
-    fit = replace_rows(fit, again[better], take_rows(retry.fit, chosen))
-    latest = replace_rows(local.moments, again[better], take_rows(retry.moments, chosen))
-    return RatioFit(fit, n_iter, local.converged, latest)
+    fit = replace_rows(fit, again[better], take_rows(retry.fit, np.nonzero(better)[0]))
+    return RatioFit(fit, n_iter, local.converged)
 
 
 def maximise(
@@ -615,7 +605,6 @@ def maximise(
     reml: bool,
     tol: float,
     maxiter: int = MAX_NEWTON_STEPS,
-    first: Moments | None = None,
 ) -> RatioFit:
     """Newton's method on ``delta`` for every SNP, from ``start``, kept in a bracket.
 
@@ -627,26 +616,20 @@ def maximise(
     bracket ``[low, high]`` from the sign of the slope; a Newton step that would leave
     it, or that is not towards a maximum, is replaced by a trial of ``delta = 0`` (once, while the
     bracket reaches 0) or by bisection. Steps past :data:`MAX_RATIO` stop the SNP
-    unconverged. With ``first`` (every SNP's :class:`Moments`, from the other
-    criterion's fit), Newton starts at ``first.delta`` without evaluating there.
+    unconverged.
     """
     k = batch.snps.shape[0]
-    if first is not None:
-        start = first.delta
     delta = np.broadcast_to(np.asarray(start, dtype=float), (k,)).copy()
     low, high = np.zeros(k), np.full(k, np.inf)
     zero_tried = np.zeros(k, dtype=bool)
     n_iter = np.zeros(k, dtype=np.intp)
     converged = np.zeros(k, dtype=bool)
     result: Profile | None = None  # each SNP's latest evaluation
-    latest: Moments | None = None  # ... and latest with derivatives
     active = np.arange(k)
     sub = batch
     for iteration in range(1, maxiter + 1):
-        at = first if iteration == 1 and first is not None else moments(sub, delta[active])
-        fit = derive(sub, at, reml)
+        fit = profile(sub, delta[active], reml)
         result = fit if result is None else replace_rows(result, active, fit)
-        latest = at if latest is None else replace_rows(latest, active, at)
         d, slope, curvature = fit.delta, fit.slope, fit.curvature
         n_iter[active] = iteration
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -697,5 +680,5 @@ def maximise(
         delta[active] = step[keep]
         if keep.size < sub.snps.shape[0]:
             sub = sub.take(keep)
-    assert result is not None and latest is not None  # maxiter >= 1
-    return RatioFit(result, n_iter, converged, latest)
+    assert result is not None  # maxiter >= 1
+    return RatioFit(result, n_iter, converged)

@@ -1655,8 +1655,8 @@ class _Scanner:
                 l_remle=np.full(k, sigma2_a / sigma2_e if sigma2_e > 0 else np.inf),
             )
         else:
-            ml, warm = self._fit(batch, self.null_ml, reml=False)
-            reml, _ = self._fit(batch, self.null_reml, reml=True, warm=warm)
+            ml, expanded = self._fit(batch, self.null_ml, reml=False)
+            reml, _ = self._fit(batch, self.null_reml, reml=True, expanded=expanded)
             llf = ml.llf
             lrt = 2.0 * (llf - self.null_llf)
             beta, cov_beta = reml.beta, reml.cov_beta
@@ -1699,37 +1699,28 @@ class _Scanner:
         batch: _scan.SnpBatch,
         null: _em.Estimate,
         reml: bool,
-        warm: tuple[_scan.SnpBatch, _scan.RatioFit] | None = None,
-    ) -> tuple[_SnpFits, tuple[_scan.SnpBatch, _scan.RatioFit]]:
+        expanded: _scan.SnpBatch | None = None,
+    ) -> tuple[_SnpFits, _scan.SnpBatch]:
         """Every SNP's ML (REML) fit: Newton on the ratio (with GEMMA's grid as a check
-        for a better maximum), EM where Newton gave up; and what a fit of the other
-        criterion can start from (the batch, parametrised and expanded, and Newton's
-        result).
+        for a better maximum), EM where Newton gave up; and the batch as parametrised
+        and expanded for it.
 
         Newton's evaluations come from power series around the null model's ratio
-        (:class:`emlmm._scan.Expansion`, built once per batch and parametrisation):
-        one matrix product over the SNPs instead of several passes per step. With
-        ``warm`` (the ML fit's), the REML fit uses the ML fit's series and starts from
-        each SNP's last ML evaluation, if Newton converged for every SNP in the same
-        parametrisation (otherwise from the null model, as the ML fit does).
+        (:class:`emlmm._scan.Expansion`), built once per batch and parametrisation:
+        one matrix product over the SNPs instead of several passes per step. The REML
+        fit uses the ML fit's series (``expanded``) if its parametrisation is the
+        same. Both start from the null model's ratio, so the REML fits do not depend
+        on the ML fits (double-centring a kinship, which moves the ML fits, leaves the
+        REML ones as they are, to rounding).
         """
         batch, start = _scan.parametrise(batch, float(null.sigma2_a), float(null.sigma2_e))
         k = batch.snps.shape[0]
-        first = None
-        if warm is not None and warm[0].inverse == batch.inverse:
-            batch = warm[0]
-            if warm[1].converged.all():
-                first = warm[1].moments
+        if expanded is not None and expanded.inverse == batch.inverse:
+            batch = expanded
         batch = batch.expanded(start)
         newton = _scan.maximise_globally(
-            batch,
-            start,
-            reml,
-            self.tol,
-            maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS),
-            first=first,
+            batch, start, reml, self.tol, maxiter=min(self.maxiter, _scan.MAX_NEWTON_STEPS)
         )
-        handed = (batch, newton)
         sigma2_a, sigma2_e = _scan.variances(batch, newton.fit, reml)
         fits = _SnpFits(
             newton.fit.beta,
@@ -1743,11 +1734,11 @@ class _Scanner:
         left = np.nonzero(~newton.converged)[0]
         budget = self.maxiter - _scan.MAX_NEWTON_STEPS
         if left.size == 0 or budget <= 0:
-            return fits, handed
+            return fits, batch
         em = self._fit_em(batch.take(left), null, reml, budget)
         # EM's iterations come on top of the Newton steps these SNPs already took.
         em = replace(em, n_iter=em.n_iter + fits.n_iter[left])
-        return _em.replace_rows(fits, left, em), handed
+        return _em.replace_rows(fits, left, em), batch
 
     def _fit_em(
         self, batch: _scan.SnpBatch, null: _em.Estimate, reml: bool, maxiter: int

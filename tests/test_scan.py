@@ -218,34 +218,6 @@ def test_newton_lands_exactly_on_a_boundary_maximum():
     assert result.fit.delta[0] == 0.0
 
 
-def test_reml_started_from_the_ml_fits_moments_finds_the_same_maxima(problem, monkeypatch):
-    y, covariates, genotypes, kinship = problem
-    batch = rotated_batch(y, covariates, genotypes, kinship)
-    ml = _scan.maximise_globally(batch, 1.0, reml=False, tol=1e-12)
-    cold = _scan.maximise_globally(batch, 1.0, reml=True, tol=1e-12)
-    evaluated = []
-    original = _scan.moments
-    monkeypatch.setattr(
-        _scan, "moments", lambda b, delta: evaluated.append(delta.copy()) or original(b, delta)
-    )
-    warm = _scan.maximise_globally(batch, 1.0, reml=True, tol=1e-12, first=ml.moments)
-    assert ml.converged.all() and cold.converged.all() and warm.converged.all()
-    # The REML fit starts where the ML fit last evaluated, without evaluating there
-    # (nor at the null model's ratio) ...
-    assert evaluated and not np.any(evaluated[0] == 1.0)
-    assert not any(np.array_equal(delta, ml.moments.delta) for delta in evaluated)
-    # ... and reaches the maxima the REML fit from the null model's ratio reaches, which
-    # are the dense oracle's.
-    np.testing.assert_allclose(warm.fit.delta, cold.fit.delta, rtol=1e-6)
-    np.testing.assert_allclose(
-        _scan.criterion(batch, warm.fit, True), _scan.criterion(batch, cold.fit, True), rtol=1e-13
-    )
-    np.testing.assert_allclose(warm.fit.beta, cold.fit.beta, rtol=1e-7)
-    for j in range(genotypes.shape[1]):
-        oracle = dense.maximise(y, design(problem, j), kinship, reml=True)
-        assert _scan.criterion(batch, warm.fit, True)[j] == pytest.approx(oracle.llf, abs=1e-6)
-
-
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("centre", [0.0, 0.05, 1.3, 40.0])
 def test_the_power_series_give_the_direct_sums(problem, inverse, centre):

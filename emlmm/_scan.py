@@ -368,8 +368,10 @@ def _evaluate(
     """``series`` for the SNPs whose ratio the batch's expansion serves, ``direct``
     (sums over the individuals) for the others; one result, rows in order."""
     expansion = batch.expansion
-    near = None if expansion is None else expansion.near(delta)
-    if expansion is None or near is None or not near.any():
+    if expansion is None:
+        return direct(batch, delta)
+    near = expansion.near(delta)
+    if not near.any():
         return direct(batch, delta)
     if near.all():
         return series(expansion, delta)
@@ -557,11 +559,7 @@ class RatioFit:
 
 
 def maximise_globally(
-    batch: SnpBatch,
-    start: float,
-    reml: bool,
-    tol: float,
-    maxiter: int = MAX_NEWTON_STEPS,
+    batch: SnpBatch, start: float, reml: bool, tol: float, maxiter: int = MAX_NEWTON_STEPS
 ) -> RatioFit:
     """:func:`maximise` from ``start``, checked against the ratios of :data:`GRID`.
 

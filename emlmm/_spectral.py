@@ -168,13 +168,10 @@ class KinshipSpectrum:
             values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
             order = np.argsort(values, kind="stable")
             eigenvectors = np.empty((n, n), order="F")
-            # The null space: Q's last n - width columns, I[:, width:] - W Y[width:]'.
-            null_space = eigenvectors[:, : n - width]
-            np.matmul(coefficients, vectors[width:].T, out=null_space)
-            np.negative(null_space, out=null_space)
-            null_space[np.arange(width, n), np.arange(n - width)] += 1.0
-            span = -(coefficients @ vectors[:width].T)  # Q's first width columns
-            span[np.arange(width), np.arange(width)] += 1.0
+            # The null space (Q's last n - width columns), then the eigenvectors within
+            # F's span (Q's first width columns, rotated by R's left singular vectors).
+            _q_columns(vectors, coefficients, width, n, out=eigenvectors[:, : n - width])
+            span = _q_columns(vectors, coefficients, 0, width)
             np.matmul(span, left[:, order], out=eigenvectors[:, n - width :])
         eigenvalues = np.concatenate([np.zeros(n - width), values[order]])
         return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
@@ -223,3 +220,17 @@ def _compact_wy(
         upper, np.diag(tau), unit_diagonal=True, check_finite=False
     )
     return vectors, vectors @ coefficients
+
+
+def _q_columns(
+    vectors: NDArray[np.float64],
+    coefficients: NDArray[np.float64],
+    first: int,
+    stop: int,
+    out: NDArray[np.float64] | None = None,
+) -> NDArray[np.float64]:
+    """Columns ``first`` to ``stop - 1`` of ``Q = I - W Y'`` (:func:`_compact_wy`)."""
+    columns = np.matmul(coefficients, vectors[first:stop].T, out=out)
+    np.negative(columns, out=columns)
+    columns[np.arange(first, stop), np.arange(stop - first)] += 1.0
+    return columns

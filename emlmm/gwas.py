@@ -1956,10 +1956,10 @@ def _compressed(
     p, n_zero = full.k_exog, int(np.count_nonzero(zero))
     if n_zero <= 2 * (p + 2):
         return eigenvectors, None, full
-    # The zeros come first (eigenvalues are sorted): column ranges, viewed, not copied.
-    first = bool(zero[:n_zero].all())
-    within = eigenvectors[:, n_zero:] if first else eigenvectors[:, ~zero]
-    null_space = eigenvectors[:, :n_zero] if first else eigenvectors[:, zero]
+    # The zeros come first (a KinshipSpectrum's eigenvalues are sorted): column ranges,
+    # viewed, not copied.
+    assert zero[:n_zero].all(), "eigenvalues must be sorted increasing"
+    within, null_space = eigenvectors[:, n_zero:], eigenvectors[:, :n_zero]
     shared = np.column_stack([full.exog[zero], full.endog[zero]])
     basis, triangle = np.linalg.qr(shared)
     rows = triangle.shape[0]

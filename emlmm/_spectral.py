@@ -84,20 +84,50 @@ def pseudo_inverse_tolerance(largest_eigenvalue: float) -> float:
     return float(np.sqrt(np.finfo(float).eps) * max(largest_eigenvalue, 0.0))
 
 
-@dataclass(frozen=True)
 class KinshipSpectrum:
     """Eigenvalues and eigenvectors of a symmetric positive semi-definite kinship.
 
     Attributes
     ----------
     eigenvalues : ndarray of shape (n,)
-        Eigenvalues, with those within round-off of zero set to exactly zero.
+        Eigenvalues, sorted increasing, with those within round-off of zero set to
+        exactly zero.
     eigenvectors : ndarray of shape (n, n)
-        Orthonormal eigenvectors, one per column.
+        Orthonormal eigenvectors, one per column. A spectrum from a factor
+        (:meth:`from_factor`) holds them implicitly, in ``O(n k)`` memory, and forms
+        this ``n x n`` matrix only when it is asked for; :meth:`rotate`,
+        :meth:`unrotate` and :meth:`columns`, which fits and scans use, never form it.
     """
 
-    eigenvalues: NDArray[np.float64]
-    eigenvectors: NDArray[np.float64]
+    def __init__(
+        self,
+        eigenvalues: NDArray[np.float64],
+        eigenvectors: NDArray[np.float64] | None = None,
+        *,
+        reflectors: _Reflectors | None = None,
+    ) -> None:
+        if (eigenvectors is None) == (reflectors is None):
+            raise TypeError("give the eigenvectors or their reflectors, not both or neither")
+        self.eigenvalues = eigenvalues
+        self._eigenvectors = eigenvectors
+        self._reflectors = reflectors
+
+    @property
+    def eigenvectors(self) -> NDArray[np.float64]:
+        """The ``n x n`` eigenvectors (formed on first use from a factor's reflectors)."""
+        if self._eigenvectors is None:
+            assert self._reflectors is not None
+            self._eigenvectors = self._reflectors.matrix()
+        return self._eigenvectors
+
+    @property
+    def implicit(self) -> bool:
+        """Whether the eigenvectors are held implicitly (not formed yet)."""
+        return self._eigenvectors is None
+
+    def without_eigenvectors(self) -> KinshipSpectrum:
+        """The eigenvalues alone (what a results object keeps after ``remove_data``)."""
+        return KinshipSpectrum(self.eigenvalues, np.empty((0, 0)))
 
     @classmethod
     def from_kinship(cls, kinship: NDArray[np.float64]) -> KinshipSpectrum:
@@ -139,42 +169,37 @@ class KinshipSpectrum:
 
     @classmethod
     def from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
-        """The eigendecomposition of ``F F'`` from its ``n x k`` factor, in ``O(n^2 k)``.
+        """The eigendecomposition of ``F F'`` from its ``n x k`` factor, in ``O(n k^2)``
+        time and ``O(n k)`` memory.
 
-        A complete QR decomposition ``F = Q R`` gives an orthonormal basis of the
-        whole space whose first ``k`` columns span ``F``'s; the SVD of the ``k x k``
-        ``R`` gives the eigenvectors within that span (``Q[:, :k] U_R``) and the
-        eigenvalues (squared singular values); the other columns of ``Q`` span the
-        null space. Eigenvalues at or below :func:`pseudo_inverse_tolerance` are zero,
-        as in :meth:`from_kinship`, and all are sorted increasing, as ``eigh`` sorts.
+        A QR decomposition ``F = Q R`` (Householder reflectors, ``Q`` complete but never
+        formed) gives an orthonormal basis of the whole space whose first ``k`` columns
+        span ``F``'s; the SVD of the ``k x k`` ``R`` gives the eigenvectors within that
+        span (``Q[:, :k] U_R``) and the eigenvalues (squared singular values); the other
+        columns of ``Q`` span the null space. Eigenvalues at or below
+        :func:`pseudo_inverse_tolerance` are zero, as in :meth:`from_kinship`, and all
+        are sorted increasing, as ``eigh`` sorts.
 
-        ``Q`` is formed from LAPACK's Householder reflectors in the compact WY form
-        ``Q = I - Y T Y'`` (Schreiber & Van Loan 1989), one ``n x k x n`` matrix
-        product written straight into the eigenvectors: at n = 3,000, k = 300 about
-        0.2 s, where LAPACK's ``dorgqr`` (NumPy's ``qr(mode="complete")``) took 0.75 s.
+        ``Q`` is held in the compact WY form ``Q = I - Y T Y'`` (Schreiber & Van Loan
+        1989), so rotating ``c`` columns costs ``O(n k c)``; the ``n x n`` eigenvectors
+        are formed (one ``n x k x n`` product) only if something asks for them.
         """
         return _by_content("factor", factor, lambda: cls._from_factor(factor))
 
     @classmethod
     def _from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
         n = factor.shape[0]
-        with one_blas_thread(n):
-            (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
-            width = tau.shape[0]  # min(n, k) reflectors
-            left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)
-            vectors, coefficients = _compact_wy(reflected[:, :width], tau)
-            values = singular**2
-            largest = float(values.max()) if values.size else 0.0
-            values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
-            order = np.argsort(values, kind="stable")
-            eigenvectors = np.empty((n, n), order="F")
-            # The null space (Q's last n - width columns), then the eigenvectors within
-            # F's span (Q's first width columns, rotated by R's left singular vectors).
-            _q_columns(vectors, coefficients, width, n, out=eigenvectors[:, : n - width])
-            span = _q_columns(vectors, coefficients, 0, width)
-            np.matmul(span, left[:, order], out=eigenvectors[:, n - width :])
+        (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
+        width = tau.shape[0]  # min(n, k) reflectors
+        left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)
+        vectors, coefficients = _compact_wy(reflected[:, :width], tau)
+        values = singular**2
+        largest = float(values.max()) if values.size else 0.0
+        values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)
+        order = np.argsort(values, kind="stable")
         eigenvalues = np.concatenate([np.zeros(n - width), values[order]])
-        return cls(eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+        reflectors = _Reflectors(vectors, coefficients, np.ascontiguousarray(left[:, order]))
+        return cls(eigenvalues, reflectors=reflectors)
 
     @property
     def n(self) -> int:
@@ -193,11 +218,74 @@ class KinshipSpectrum:
 
     def rotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
         """Express ``array`` (rows are individuals) in the eigenbasis: ``U' array``."""
+        if self._reflectors is not None and self._eigenvectors is None:
+            return self._reflectors.rotate(array)
         return self.eigenvectors.T @ array
 
     def unrotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
         """Map an eigenbasis array back to individuals: ``U array``."""
+        if self._reflectors is not None and self._eigenvectors is None:
+            return self._reflectors.unrotate(array)
         return self.eigenvectors @ array
+
+    def columns(self, index: slice) -> NDArray[np.float64]:
+        """Eigenvectors ``index`` (a slice of columns: a view of formed eigenvectors;
+        from a factor's reflectors, only these columns are formed)."""
+        if self._reflectors is not None and self._eigenvectors is None:
+            n = self.n
+            selector = np.eye(n)[:, index]
+            return self._reflectors.unrotate(selector)
+        return self.eigenvectors[:, index]
+
+
+@dataclass(frozen=True)
+class _Reflectors:
+    """The eigenvectors of ``F F'`` held implicitly, in ``O(n k)`` memory.
+
+    ``Q = I - W Y'`` (:func:`_compact_wy`) is the complete orthogonal factor of
+    ``F = Q R``; the eigenvectors are ``U = [Q[:, w:], Q[:, :w] L]``: the null space
+    (Q's last ``n - w`` columns) first, then F's span rotated by ``L``, the left
+    singular vectors of ``R`` in the order of increasing eigenvalues. ``U' A`` and
+    ``U B`` then cost ``O(n w c)`` for ``c`` columns, where the formed ``U`` costs
+    ``O(n^2 w)`` to make and ``n^2`` to hold.
+    """
+
+    vectors: NDArray[np.float64]
+    coefficients: NDArray[np.float64]
+    rotation: NDArray[np.float64]
+
+    @property
+    def n(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def rotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``U' array``."""
+        w = self.width
+        reflected = array - self.vectors @ (self.coefficients.T @ array)  # Q' A
+        return np.concatenate([reflected[w:], self.rotation.T @ reflected[:w]])
+
+    def unrotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``U array``."""
+        n, w = self.n, self.width
+        coordinates = np.concatenate([self.rotation @ array[n - w :], array[: n - w]])
+        result: NDArray[np.float64] = coordinates - self.coefficients @ (
+            self.vectors.T @ coordinates
+        )  # Q C
+        return result
+
+    def matrix(self) -> NDArray[np.float64]:
+        """The formed ``n x n`` eigenvectors."""
+        n, w = self.n, self.width
+        with one_blas_thread(n):
+            eigenvectors = np.empty((n, n), order="F")
+            _q_columns(self.vectors, self.coefficients, w, n, out=eigenvectors[:, : n - w])
+            span = _q_columns(self.vectors, self.coefficients, 0, w)
+            np.matmul(span, self.rotation, out=eigenvectors[:, n - w :])
+        return eigenvectors
 
 
 def _compact_wy(

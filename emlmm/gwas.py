@@ -46,7 +46,7 @@ from emlmm._data import (
     check_positive,
 )
 from emlmm._malloc import held_memory
-from emlmm._spectral import shared_spectra
+from emlmm._spectral import KinshipSpectrum, shared_spectra
 from emlmm._threads import one_blas_thread
 from emlmm.genotypes import (
     FILTER_REASONS,
@@ -512,9 +512,9 @@ class GenomeScan:
             for name in names:
                 model = self._null_model(kinship, name)
                 null = model.fit_for_scan(self.maxiter, self.tol)
-                vectors = null.eigenvectors
-                key = (tuple(model.data.row_labels), vectors.__array_interface__["data"][0],
-                       vectors.shape, vectors.strides)  # fmt: skip
+                # Phenotypes on the same individuals share the spectrum object
+                # (shared_spectra) and the directions kept.
+                key = (tuple(model.data.row_labels), *_decomposition(null))
                 if key not in groups:
                     labels = pd.Index(model.data.row_labels)
                     groups[key] = _PhenotypeGroup(labels, model, [], [], [])
@@ -797,7 +797,16 @@ class GenomeScan:
         if self.loco:
             kinship = "leave one chromosome out: centered, from the genotypes"
         else:
-            kinship = _digest(*(group.model.kinship for group in groups))
+            # A low-rank kinship by its factor (F F' is never formed), labelled so.
+            kinship = _digest(*(
+                part
+                for group in groups
+                for part in (
+                    ["low-rank factor", group.model._kinship_factor]
+                    if group.model._kinship_factor is not None
+                    else [group.model.kinship]
+                )
+            ))  # fmt: skip
         phenotype: Any = _digest(model.endog)
         covariates = _digest(model.exog, model.exog_names)
         if self.phenotypes is not None:
@@ -1081,6 +1090,16 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
         "p_score": scientific(labelled.p_score),
     }
     return pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
+
+
+def _decomposition(null: NullFit | ComponentsNullFit) -> tuple[Any, ...]:
+    """What identifies a null model's eigendecomposition and the directions it keeps:
+    null models of several phenotypes that share it share each chunk's rotation."""
+    if hasattr(null, "spectrum"):  # a NullFit (its spectrum object is shared)
+        kept = null.data.kept
+        return id(null.spectrum), kept.start, kept.stop
+    vectors = null.eigenvectors
+    return vectors.__array_interface__["data"][0], vectors.shape, vectors.strides
 
 
 def _digest(*parts: Any) -> str:
@@ -1513,7 +1532,9 @@ class _Scanner:
         null_fixed = _em.Estimate.of(_em.gls(full, variances)[0], reml.sigma2_a, reml.sigma2_e)
         self.null_fixed_llf = float(_em.log_likelihood(full, null_fixed))
         self.n_total = full.nobs
-        self.rotation, self.null_basis, self.null_data = _compressed(full, null.eigenvectors)
+        self.rotation, self.null_basis, self.null_data = _compressed(
+            full, null.spectrum, null.data.kept
+        )
         self.score_test = _ScoreTest.at(self.null_data, self.null_ml, self.n_total)
 
     def scan(
@@ -1936,39 +1957,43 @@ _RESIDUAL_ROUNDING = 1e3 * float(np.finfo(float).eps)
 
 
 def _compressed(
-    full: _em.RotatedData, eigenvectors: NDArray[np.float64]
+    full: _em.RotatedData, spectrum: KinshipSpectrum, kept: slice
 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, _em.RotatedData]:
     """The rotation a scan applies to SNPs, and the null model's data it fits them with.
 
-    Where the kinship has more zero eigenvalues than the null model has columns (a
-    low-rank kinship, :class:`emlmm.LowRankKinship`, or any singular one), the
-    ``n0`` directions of its null space all have the same variance, sigma2_e, so the
-    likelihood of any model with columns ``Z = [X, g, y]`` sees them only through
-    ``Z0' Z0``, ``Z0`` the columns' coordinates there. Those are held in ``p + 2``
-    rows instead of ``n0``: with ``[X0, y0] = Q R`` (a QR decomposition), the rows of
-    ``R`` for the covariates and response, and for a SNP its coordinates along
-    ``Q`` and the length of what is left; a last row, zero for the shared columns,
-    holds that length. SNPs are then rotated by the ``n - n0`` other eigenvectors
-    only, plus ``Q`` (``null_basis``, in the individuals' coordinates). Otherwise
-    nothing changes: the rotation is every eigenvector and ``null_basis`` is None.
+    ``full`` holds the eigen-directions ``kept`` of ``spectrum``. Where the kinship has
+    more zero eigenvalues than the null model has columns (a low-rank kinship,
+    :class:`emlmm.LowRankKinship`, or any singular one), the ``n0`` directions of its
+    null space all have the same variance, sigma2_e, so the likelihood of any model
+    with columns ``Z = [X, g, y]`` sees them only through ``Z0' Z0``, ``Z0`` the
+    columns' coordinates there. Those are held in ``p + 2`` rows instead of ``n0``:
+    with ``[X0, y0] = Q R`` (a QR decomposition), the rows of ``R`` for the covariates
+    and response, and for a SNP its coordinates along ``Q`` and the length of what is
+    left; a last row, zero for the shared columns, holds that length. SNPs are then
+    rotated by the ``n - n0`` other eigenvectors only, plus ``Q`` (``null_basis``, in
+    the individuals' coordinates): no null-space eigenvector is formed. Otherwise
+    nothing changes: the rotation is every kept eigenvector and ``null_basis`` is None.
     """
     zero = full.eigenvalues == 0.0
     p, n_zero = full.k_exog, int(np.count_nonzero(zero))
     if n_zero <= 2 * (p + 2):
-        return eigenvectors, None, full
+        return spectrum.columns(kept), None, full
     # The zeros come first (a KinshipSpectrum's eigenvalues are sorted): column ranges,
-    # viewed, not copied.
+    # viewed, not copied, when the eigenvectors are formed.
     assert zero[:n_zero].all(), "eigenvalues must be sorted increasing"
-    within, null_space = eigenvectors[:, n_zero:], eigenvectors[:, :n_zero]
+    start = kept.start or 0
+    within = spectrum.columns(slice(start + n_zero, None))
     shared = np.column_stack([full.exog[zero], full.endog[zero]])
     basis, triangle = np.linalg.qr(shared)
     rows = triangle.shape[0]
     exog = np.concatenate([full.exog[~zero], triangle[:, :p], np.zeros((1, p))])
     endog = np.concatenate([full.endog[~zero], triangle[:, p], [0.0]])
     eigenvalues = np.concatenate([full.eigenvalues[~zero], np.zeros(rows + 1)])
+    placed = np.zeros((spectrum.n, basis.shape[1]))
+    placed[start : start + n_zero] = basis  # the null space's eigenvectors times basis
     return (
         within,
-        null_space @ basis,
+        spectrum.unrotate(placed),
         _em.RotatedData.build(endog, exog, eigenvalues),
     )
 

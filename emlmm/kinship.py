@@ -284,7 +284,10 @@ class LowRankKinship:
     :func:`emlmm.gwas`), it is never eigendecomposed as an ``n x n`` matrix:
 
     * the model's eigenbasis comes from a QR decomposition of ``F`` and an SVD of its
-      ``k x k`` triangle, ``O(n^2 k)`` instead of ``O(n^3)``;
+      ``k x k`` triangle, ``O(n k^2)`` instead of ``O(n^3)``, and is held in
+      ``O(n k)`` memory (Householder reflectors): no ``n x n`` matrix, neither
+      ``F F'`` nor its eigenvectors, is formed by a fit, its BLUPs or a scan (they are
+      formed only if asked for, as ``model.kinship`` or ``model.spectrum.eigenvectors``);
     * a scan rotates each SNP by the ``k`` (or fewer) eigenvectors with a non-zero
       eigenvalue, ``O(n k)`` instead of ``O(n^2)``, and fits it on ``k + p + 2``
       numbers instead of ``n``: the ``n - k`` directions where the kinship is zero

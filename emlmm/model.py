@@ -162,13 +162,12 @@ class EMLMM(LikelihoodModel):
         else:
             kinship = check_kinship(kinship, n_rows)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
-        self.kinship: NDArray[np.float64]
         if factor is not None:
             if factor.shape[0] != len(self.endog):
                 raise ValueError(  # pragma: no cover - statsmodels dropped other rows
                     "could not match the kinship factor's rows to the rows statsmodels kept"
                 )
-            self.kinship = factor @ factor.T
+            self._kinship_factor = factor  # F F' is formed only if asked for
         self.endog: NDArray[np.float64]
         if self.endog.ndim == 2 and self.endog.shape[1] == 1:
             self.endog = self.endog[:, 0]
@@ -200,6 +199,34 @@ class EMLMM(LikelihoodModel):
                 "response with an intercept): there is no variance to model"
             )
 
+    #: The kinship as given (None with kinship ids), or formed from the factor.
+    _kinship: Any = None
+    #: A low-rank kinship's factor (rows analysed), if the model was given one.
+    _kinship_factor: NDArray[np.float64] | None = None
+
+    @property
+    def kinship(self) -> NDArray[np.float64]:
+        """The ``n x n`` kinship of the rows analysed; from a
+        :class:`~emlmm.LowRankKinship`, ``F F'``, formed only when first asked for
+        (fits and scans never need it)."""
+        if self._kinship is None and self._kinship_factor is not None:
+            self._kinship = self._kinship_factor @ self._kinship_factor.T
+        kinship: NDArray[np.float64] = self._kinship
+        return kinship
+
+    @kinship.setter
+    def kinship(self, value: Any) -> None:
+        self._kinship = value
+
+    def _kinship_diagonal(self) -> NDArray[np.float64]:
+        """The kinship's diagonal (from a factor, without forming ``F F'``)."""
+        if self._kinship is None and self._kinship_factor is not None:
+            diagonal: NDArray[np.float64] = np.einsum(
+                "ij,ij->i", self._kinship_factor, self._kinship_factor
+            )
+            return diagonal
+        return np.diag(self.kinship).copy()
+
     def _initialise_components(self) -> None:
         """Several variance components: eigendecompose the first kinship (without
         ``kinship_ids``), and express every other component by its factor in that
@@ -221,7 +248,7 @@ class EMLMM(LikelihoodModel):
             dims.append(float(self.spectrum.rank))
             others = [matrix for _, matrix in spec.kinships[1:]]
         else:
-            self.kinship = None  # type: ignore[assignment]
+            self.kinship = None
             self.spectrum = KinshipSpectrum(np.zeros(n), np.eye(n))
             assert spec.ids is not None
             lines = pd.Index(pd.unique(spec.ids))
@@ -592,7 +619,7 @@ class EMLMM(LikelihoodModel):
             )  # fmt: skip
         ml, data = self._fit_trace(None, "accelerated", maxiter, tol, False, False)
         reml, _ = self._fit_trace(None, "accelerated", maxiter, tol, True, False)
-        return NullFit(data, self.spectrum.eigenvectors[:, data.kept], ml.estimate, reml.estimate)
+        return NullFit(data, self.spectrum, ml.estimate, reml.estimate)
 
     def _fit_trace(
         self,
@@ -666,18 +693,26 @@ class NullFit:
     data : emlmm._design.FitData
         The null model's scaled, rotated data and the maps back (an internal type:
         its fields are documented in ``emlmm/_design.py``).
-    eigenvectors : ndarray of shape (n, n - n0)
-        The kinship's eigenvectors for the directions in ``data``: a SNP's rotated
-        genotypes are ``g @ eigenvectors``.
+    spectrum : emlmm._spectral.KinshipSpectrum
+        The kinship's eigendecomposition (internal; from a
+        :class:`~emlmm.LowRankKinship`, its eigenvectors held implicitly).
     ml, reml : emlmm._em.Estimate
         The maximum-likelihood and REML estimates (internal: ``beta``, ``sigma2_a``
         and ``sigma2_e`` in the units of ``data``).
     """
 
     data: FitData
-    eigenvectors: NDArray[np.float64]
+    spectrum: KinshipSpectrum
     ml: _em.Estimate
     reml: _em.Estimate
+
+    @property
+    def eigenvectors(self) -> NDArray[np.float64]:
+        """The kinship's eigenvectors for the directions in ``data`` (n x (n - n0)): a
+        SNP's rotated genotypes are ``g @ eigenvectors``. Formed on first use from a
+        low-rank kinship's factor (a scan rotates by fewer columns:
+        :func:`emlmm.gwas._compressed`)."""
+        return self.spectrum.columns(self.data.kept)
 
 
 def _check_fit_arguments(maxiter: Any, tol: Any, reml: Any) -> tuple[int, float | None, bool]:

@@ -358,14 +358,20 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         """
         self._check_data("blup()")
         fit_data, estimate = self._fit_data, self._estimate
-        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]
+        spectrum = self.model.spectrum
         fitted = pd.Index(self.model.data.row_labels)
         if kinship is None:
             labels = fitted
-            cross = eigenvectors * fit_data.rotated.eigenvalues
-            diagonal = np.diag(self.model.kinship)
+            # A U = U diag(eigenvalues): the null space's columns are zero (from a
+            # low-rank kinship's factor, only the others are formed).
+            eigenvalues = fit_data.rotated.eigenvalues
+            zeros = int(np.count_nonzero(eigenvalues == 0.0))  # sorted: they come first
+            start = fit_data.kept.start or 0
+            cross = np.zeros((len(fitted), eigenvalues.shape[0]))
+            cross[:, zeros:] = spectrum.columns(slice(start + zeros, None)) * eigenvalues[zeros:]
+            diagonal = self.model._kinship_diagonal()
         else:
-            labels, cross, diagonal = self._cross_kinship(kinship, fitted, eigenvectors)
+            labels, cross, diagonal = self._cross_kinship(kinship, fitted, fit_data.kept)
         predicted = _blup.predict(fit_data.rotated, estimate, cross, diagonal)
         scale = fit_data.endog_scale
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -382,7 +388,7 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         )
 
     def _cross_kinship(
-        self, kinship: pd.DataFrame, fitted: pd.Index, eigenvectors: NDArray[np.float64]
+        self, kinship: pd.DataFrame, fitted: pd.Index, kept: slice
     ) -> tuple[pd.Index, NDArray[np.float64], NDArray[np.float64]]:
         """Labels, ``A_*o U`` and ``diag(A_**)`` from a labelled kinship."""
         if not isinstance(kinship, pd.DataFrame):
@@ -406,7 +412,9 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
                 "the kinship's block of the fitted individuals is not the kinship the model "
                 "was fitted with"
             )
-        return kinship.index, values[:, columns] @ eigenvectors, np.diag(values).copy()
+        # A_*o U = (U' A_o*)'
+        cross = self.model.spectrum.rotate(values[:, columns].T)[kept].T
+        return kinship.index, cross, np.diag(values).copy()
 
     def get_prediction(
         self, exog: Any = None, transform: bool = True, row_labels: Any = None
@@ -482,8 +490,8 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         super().remove_data()
         model = self.model
         model.kinship = np.empty((0, 0))
-        spectrum = model.spectrum
-        model.spectrum = type(spectrum)(spectrum.eigenvalues, np.empty((0, 0)))
+        model._kinship_factor = None
+        model.spectrum = model.spectrum.without_eigenvectors()
         model.__dict__.pop("_lab_data", None)
         for name in ("random_effects", "fittedvalues", "resid"):
             self.__dict__.pop(name, None)
@@ -532,8 +540,10 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
         resid = data.endog - data.exog @ estimate.beta
         rotated = estimate.sigma2_a * data.eigenvalues * resid / variances
-        eigenvectors = self.model.spectrum.eigenvectors[:, fit_data.kept]  # a view
-        return fit_data.endog_scale * (eigenvectors @ rotated)
+        # U_kept r: the dropped directions' entries are zero.
+        kept = np.zeros(self.model.spectrum.n)
+        kept[fit_data.kept] = rotated
+        return fit_data.endog_scale * self.model.spectrum.unrotate(kept)
 
     @cached_property
     def fittedvalues(self) -> NDArray[np.float64]:

@@ -65,6 +65,59 @@ def test_the_spectrum_of_square_wide_and_rank_one_factors_with_a_zero_column(n, 
                                atol=1e-9)
 
 
+@pytest.mark.parametrize("n, k", [(60, 12), (40, 40), (30, 45), (50, 1)])
+def test_the_implicit_eigenvectors_rotate_as_the_formed_ones(n, k):
+    # rotate, unrotate and columns work on the reflectors without forming the n x n
+    # eigenvectors; checked against the formed matrix (made afterwards) and against
+    # the dense eigendecomposition's invariants.
+    rng = np.random.default_rng(7 * n + k)
+    factor = rng.normal(size=(n, k))
+    if k > 2:
+        factor[:, -1] = factor[:, 0] - factor[:, 1]  # a zero eigenvalue inside the span
+    low = KinshipSpectrum.from_factor(factor)
+    arrays = rng.normal(size=(n, 3))
+    rotated, back = low.rotate(arrays), low.unrotate(arrays)
+    along = low.rotate(arrays[:, 0])
+    span = low.columns(slice(n - min(n, k), None))
+    some = low.columns(slice(2, 7))
+    assert low.implicit  # nothing above formed the n x n matrix
+    vectors = low.eigenvectors
+    assert not low.implicit
+    np.testing.assert_allclose(rotated, vectors.T @ arrays, atol=1e-12)
+    np.testing.assert_allclose(along, vectors.T @ arrays[:, 0], atol=1e-12)
+    np.testing.assert_allclose(back, vectors @ arrays, atol=1e-12)
+    np.testing.assert_allclose(span, vectors[:, n - min(n, k):], atol=1e-12)
+    np.testing.assert_allclose(some, vectors[:, 2:7], atol=1e-12)
+    np.testing.assert_allclose(low.unrotate(low.rotate(arrays)), arrays, atol=1e-12)
+    # U diag(lambda) U' = F F' through the implicit products alone.
+    implicit = KinshipSpectrum.from_factor(factor)
+    kinship = implicit.unrotate(implicit.eigenvalues[:, None] * implicit.rotate(np.eye(n)))
+    np.testing.assert_allclose(kinship, factor @ factor.T, atol=1e-10)
+
+
+def test_fits_scans_and_predictions_never_form_n_by_n_matrices(study):
+    # What makes a low-rank kinship scale: the model, its fit, its BLUPs and a scan
+    # hold the factor and its reflectors only (O(n k)), never F F' or n x n
+    # eigenvectors; the answers are the dense kinship's (checked in the tests below).
+    data, frame, factor, related = study
+    model = EMLMM.from_formula("y ~ 1 + sex", data, kinship=factor)
+    result = model.fit(reml=True)
+    blups, effects = result.blup(), result.random_effects
+    slow = EMLMM.from_formula("y ~ 1 + sex", data, kinship=related).fit(reml=True)
+    np.testing.assert_allclose(effects, slow.random_effects, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(blups.se, slow.blup().se, rtol=1e-6, atol=1e-9)
+    scan = GenomeScan("y ~ 1 + sex + snp", data, frame, factor)
+    table = scan.run()
+    assert len(table) > 50
+    assert model.spectrum.implicit and model._kinship is None
+    assert scan.null_model.spectrum.implicit and scan.null_model._kinship is None
+    # Asked for, they are formed, and are the dense ones.
+    np.testing.assert_allclose(model.kinship, related.loc[model.data.row_labels,
+                                                          model.data.row_labels])
+    n = len(model.endog)
+    assert model.spectrum.eigenvectors.shape == (n, n) and not model.spectrum.implicit
+
+
 @pytest.mark.parametrize("reml", [False, True])
 def test_a_fit_with_the_factor_is_the_dense_fit(study, reml):
     data, _, factor, related = study

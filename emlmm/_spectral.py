@@ -232,8 +232,9 @@ class KinshipSpectrum:
         """Eigenvectors ``index`` (a slice of columns: a view of formed eigenvectors;
         from a factor's reflectors, only these columns are formed)."""
         if self._reflectors is not None and self._eigenvectors is None:
-            n = self.n
-            selector = np.eye(n)[:, index]
+            wanted = np.arange(self.n)[index]
+            selector = np.zeros((self.n, wanted.size))
+            selector[wanted, np.arange(wanted.size)] = 1.0
             return self._reflectors.unrotate(selector)
         return self.eigenvectors[:, index]
 

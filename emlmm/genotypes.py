@@ -274,7 +274,10 @@ class Genotypes:
             positions = data_index.get_indexer(labels)
         else:
             positions = _positions(self.sample_ids, labels)
-        return replace(self, rows=np.asarray(positions, dtype=np.intp))
+        positions = np.asarray(positions, dtype=np.intp)
+        if self.rows is None and np.array_equal(positions, np.arange(self.n_samples)):
+            return self  # every row, in order: reading them needs no selection (a copy)
+        return replace(self, rows=positions)
 
     def select(self, indices: NDArray[np.intp]) -> Genotypes:
         """The SNPs at positions ``indices`` (increasing), read in runs of adjacent SNPs."""

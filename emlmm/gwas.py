@@ -1556,13 +1556,8 @@ class _Scanner:
         (:func:`rotate_block`), which scanners of several phenotypes on the same
         individuals share."""
         rotated = self._complete(imputed, rotated)
-        n_miss = imputed.shape[0] - summary.n_observed
-        # Besides emlmm's columns, GEMMA's REML variance ratio (its output's l_remle).
-        table = pd.DataFrame(np.nan, index=range(imputed.shape[1]), columns=[*COLUMNS, "l_remle"])
-        table["af"], table["n_miss"] = summary.means / 2.0, n_miss
-        table["n_iter"], table["converged"], table["note"] = 0, False, ""
-        notes = self._notes(summary, rotated)
-        table["note"] = notes
+        count = imputed.shape[1]
+        notes = self._notes(summary, rotated).astype(object)
         good = np.nonzero(notes == "")[0]
         step = max(1, self.BLOCK_ELEMENTS // max(rotated.shape[1], 1))
         blocks = [good[first : first + step] for first in range(0, good.size, step)]
@@ -1571,19 +1566,31 @@ class _Scanner:
         # measured no faster: most of their time holds the GIL.
         with one_blas_thread(self.null_data.k_exog + 1):
             done = [self._block(rotated, rows) for rows in blocks]
-        columns: dict[str, NDArray[Any]] = {}
+        # The table's columns as arrays, filled in place and framed once (SNPs left
+        # out keep NaN statistics, no iterations and their note). Besides emlmm's
+        # columns, GEMMA's REML variance ratio (its output's l_remle).
+        columns: dict[str, NDArray[Any]] = {
+            "af": summary.means / 2.0,
+            "n_miss": (imputed.shape[0] - summary.n_observed).astype(int),
+            "n_iter": np.zeros(count, dtype=int),
+            "converged": np.zeros(count, dtype=bool),
+            "note": notes,
+        }
         for groups in done:
             for rows, statistics in groups:
                 if isinstance(statistics, str):
-                    table.loc[rows[0], "note"] = statistics
+                    notes[rows[0]] = statistics
                     continue
                 for column, values in statistics.items():
                     if column not in columns:
-                        columns[column] = table[column].to_numpy(copy=True)
+                        columns[column] = np.full(count, np.nan)
                     columns[column][rows] = values
-        for column, values in columns.items():
-            table[column] = values
-        return table.astype({"n_miss": int, "n_iter": int, "converged": bool})
+        return pd.DataFrame(
+            {
+                column: columns[column] if column in columns else np.full(count, np.nan)
+                for column in [*COLUMNS, "l_remle"]
+            }
+        )
 
     def _complete(
         self, imputed: NDArray[np.float64], rotated: NDArray[np.float64]

@@ -24,7 +24,6 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
-import scipy.linalg.blas
 from numpy.typing import ArrayLike, NDArray
 
 from emlmm._data import check_count
@@ -114,18 +113,35 @@ def kinship_sum(
     return matrix, counts
 
 
+#: Rows of the kinship updated by one matrix product in :func:`_add_products`.
+PRODUCT_BAND = 512
+
+
 def _add_products(matrix: NDArray[np.float64], columns: NDArray[np.float64]) -> None:
-    """``matrix += columns @ columns.T`` in its lower triangle only, in place: BLAS's
-    symmetric rank-k update (dsyrk), half the work of the full product and no n x n
-    temporary."""
-    # matrix.T is the Fortran-ordered view of the C-ordered matrix: BLAS's upper
-    # triangle of it is the lower triangle here. columns.T (Fortran-ordered k x n)
-    # with trans=1 gives columns @ columns.T.
-    result = scipy.linalg.blas.dsyrk(
-        1.0, columns.T, beta=1.0, c=matrix.T, trans=1, lower=0, overwrite_c=1
-    )
-    if not np.shares_memory(result, matrix):  # pragma: no cover - BLAS copied
-        matrix[...] = result.T
+    """``matrix += columns @ columns.T`` in its lower triangle only, in place, by bands
+    of :data:`PRODUCT_BAND` rows: about half the work of the full product.
+
+    Each band is one general matrix product (``dgemm``), never BLAS's symmetric
+    rank-k update: OpenBLAS's threaded ``dsyrk`` (0.3.30 in SciPy's wheels, 0.3.31 in
+    NumPy's, which ``A @ A.T`` calls) crashed the process with a segmentation fault
+    at n = 20,000 (k = 500 columns, two threads), where ``dgemm`` of the same sizes
+    does not (NumPy issue 19685 is the same fault at larger sizes).
+    """
+    n = len(matrix)
+    for first in range(0, n, PRODUCT_BAND):
+        stop = min(first + PRODUCT_BAND, n)
+        # A row band against the rows up to its end: never the same operand twice
+        # (which NumPy would hand to dsyrk), except a single band (n <= PRODUCT_BAND).
+        matrix[first:stop, :stop] += columns[first:stop] @ columns[:stop].T
+
+
+def outer_products(columns: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``columns @ columns.T`` (``n x n``, symmetric), without ``dsyrk``
+    (:func:`_add_products`)."""
+    matrix = np.zeros((len(columns), len(columns)))
+    _add_products(matrix, np.asarray(columns, dtype=np.float64))
+    _mirror_lower(matrix)
+    return matrix
 
 
 def _mirror_lower(matrix: NDArray[np.float64]) -> None:
@@ -381,7 +397,7 @@ class LowRankKinship:
 
     def to_dense(self) -> NDArray[np.float64] | pd.DataFrame:
         """``F F'``: a DataFrame when the factor is labelled."""
-        matrix = self.factor @ self.factor.T
+        matrix = outer_products(self.factor)
         if self.ids is None:
             return matrix
         return pd.DataFrame(matrix, index=self.ids, columns=self.ids.copy())

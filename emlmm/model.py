@@ -30,7 +30,7 @@ from emlmm._data import (
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 from emlmm._threads import one_blas_thread
-from emlmm.kinship import LowRankKinship
+from emlmm.kinship import LowRankKinship, outer_products
 
 __all__ = ["EMLMM", "LAB_START_SIGMA2_A", "LAB_START_SIGMA2_E", "ComponentsNullFit", "NullFit"]
 
@@ -210,7 +210,7 @@ class EMLMM(LikelihoodModel):
         :class:`~emlmm.LowRankKinship`, ``F F'``, formed only when first asked for
         (fits and scans never need it)."""
         if self._kinship is None and self._kinship_factor is not None:
-            self._kinship = self._kinship_factor @ self._kinship_factor.T
+            self._kinship = outer_products(self._kinship_factor)
         kinship: NDArray[np.float64] = self._kinship
         return kinship
 

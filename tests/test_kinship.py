@@ -208,3 +208,32 @@ def test_no_usable_snp_says_why(genotypes):
         kinship(genotypes[:, [5, 11, 17]])
     with pytest.raises(ValueError, match=r"of 30 SNPs, 3 are monomorphic.* and 27 too low"):
         kinship(genotypes, min_maf=0.5, max_missing=1.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("band", [1, 7, 13, 40])
+def test_products_by_bands_of_rows_match_the_definition(genotypes, method, band, monkeypatch):
+    # The kinship's products go by bands of rows (never BLAS's dsyrk, which crashed
+    # at n = 20,000): bands of any size, uneven last ones included, give the matrix.
+    import importlib
+
+    module = importlib.import_module("emlmm.kinship")  # the name is also a function's
+    monkeypatch.setattr(module, "PRODUCT_BAND", band)
+    assert_close(kinship(genotypes, method, chunk_size=7, **NO_FILTERS),
+                 reference_kinship(genotypes, method))
+
+
+def test_a_low_rank_kinship_densified_by_bands_is_its_outer_product(monkeypatch):
+    import importlib
+
+    from emlmm import LowRankKinship
+
+    module = importlib.import_module("emlmm.kinship")
+
+    factor = np.random.default_rng(5).normal(size=(50, 4))
+    for band in (3, 50, 64):
+        monkeypatch.setattr(module, "PRODUCT_BAND", band)
+        dense = LowRankKinship(factor).to_dense()
+        np.testing.assert_array_equal(dense, dense.T)
+        np.testing.assert_allclose(dense, np.einsum("ik,jk->ij", factor, factor), rtol=1e-13,
+                                   atol=1e-13)

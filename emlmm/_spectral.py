@@ -189,10 +189,11 @@ class KinshipSpectrum:
     @classmethod
     def _from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
         n = factor.shape[0]
-        (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
-        width = tau.shape[0]  # min(n, k) reflectors
-        left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)
-        vectors, coefficients = _compact_wy(reflected[:, :width], tau)
+        with one_blas_thread(n):
+            (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
+            width = tau.shape[0]  # min(n, k) reflectors
+            left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)
+            vectors, coefficients = _compact_wy(reflected[:, :width], tau)
         values = singular**2
         largest = float(values.max()) if values.size else 0.0
         values = np.where(values <= pseudo_inverse_tolerance(largest), 0.0, values)

@@ -1095,7 +1095,9 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
 def _decomposition(null: NullFit | ComponentsNullFit) -> tuple[Any, ...]:
     """What identifies a null model's eigendecomposition and the directions it keeps:
     null models of several phenotypes that share it share each chunk's rotation."""
-    if hasattr(null, "spectrum"):  # a NullFit (its spectrum object is shared)
+    from emlmm.model import NullFit  # imported already: the null model was fitted
+
+    if isinstance(null, NullFit):  # its spectrum object is shared (shared_spectra)
         kept = null.data.kept
         return id(null.spectrum), kept.start, kept.stop
     vectors = null.eigenvectors

@@ -1107,10 +1107,13 @@ def _check_grm_ids(fids: Sequence[str], iids: Sequence[str]) -> None:
             )
 
 
-def _grm_counts(n_snps: int | ArrayLike | None, kinship: pd.DataFrame) -> NDArray[np.float64]:
+def _grm_counts(
+    n_snps: int | ArrayLike | None, kinship: pd.DataFrame
+) -> NDArray[np.float64] | float:
+    """The SNP counts to write: one number for every entry, or an n x n matrix."""
     n = kinship.shape[0]
     if n_snps is None:
-        return np.zeros((n, n))
+        return 0.0
     if isinstance(n_snps, bool):
         raise TypeError("n_snps must be a number of SNPs or an n x n matrix of them, not a bool")
     if isinstance(n_snps, pd.DataFrame):
@@ -1118,7 +1121,9 @@ def _grm_counts(n_snps: int | ArrayLike | None, kinship: pd.DataFrame) -> NDArra
             raise ValueError("n_snps must be labelled as the kinship, in the same order")
     counts = np.asarray(n_snps, dtype=np.float64)
     if counts.ndim == 0:
-        counts = np.full((n, n), float(counts))
+        if not np.isfinite(counts) or counts < 0:
+            raise ValueError("n_snps must be finite and non-negative")
+        return float(counts)
     if counts.shape != (n, n):
         raise ValueError(
             f"n_snps must be one number, or a matrix of the kinship's shape ({n}, {n}), not of "
@@ -1230,10 +1235,13 @@ def write_grm(
         values = kinship.to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"kinship must be numeric: {exc}") from None
-    if not np.isfinite(values).all():
-        raise ValueError("kinship holds NaN or infinite values; a .grm.bin cannot mark them")
-    asymmetry = float(np.abs(values - values.T).max(initial=0.0))
-    tolerance = 4 * float(np.finfo(np.float32).eps) * float(np.abs(values).max(initial=0.0))
+    largest, asymmetry = 0.0, 0.0
+    for band, mirror in _row_bands(values):  # no n x n temporary (at n = 20,000: 3.2 GB)
+        if not np.isfinite(band).all():
+            raise ValueError("kinship holds NaN or infinite values; a .grm.bin cannot mark them")
+        largest = max(largest, float(np.abs(band).max(initial=0.0)))
+        asymmetry = max(asymmetry, float(np.abs(band - mirror).max(initial=0.0)))
+    tolerance = 4 * float(np.finfo(np.float32).eps) * largest
     if asymmetry > tolerance:
         raise ValueError(
             f"kinship must be symmetric; entries (i, j) and (j, i) differ by up to "
@@ -1247,16 +1255,44 @@ def write_grm(
             f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; pass "
             "overwrite=True to replace the GRM"
         )
-    symmetric = (values + values.T) / 2.0
     ids_text = "".join(f"{fid}\t{iid}\n" for fid, iid in zip(family, iids, strict=True))
-    for path, matrix in zip(paths[:2], (symmetric, counts), strict=True):
-        _replace_file(path, functools.partial(_write_lower_triangle, matrix=matrix))
+    # The kinship's lower triangle from (K + K') / 2, and the SNP counts'.
+    n = values.shape[0]
+    _replace_file(paths[0], functools.partial(_write_lower_triangle, matrix=values, n=n))
+    _replace_file(paths[1], functools.partial(_write_lower_triangle, matrix=counts, n=n))
     _replace_file(paths[2], lambda handle: handle.write(ids_text.encode("utf-8")))
 
 
-def _write_lower_triangle(handle: Any, matrix: NDArray[np.float64]) -> None:
-    for i in range(matrix.shape[0]):
-        handle.write(matrix[i, : i + 1].astype(_GRM_DTYPE).tobytes())
+#: Entries of a band of rows that write_grm checks and writes at a time.
+BAND_ENTRIES = 1 << 22
+
+
+def _row_bands(
+    matrix: NDArray[np.float64],
+) -> Iterator[tuple[NDArray[np.float64], NDArray[np.float64]]]:
+    """Bands of :data:`BAND_ENTRIES` entries of a square matrix's rows, each with the same
+    entries read across the diagonal (the band of the transpose, ``matrix[:, rows].T``)."""
+    n = matrix.shape[0]
+    step = max(1, BAND_ENTRIES // max(n, 1))
+    for first in range(0, n, step):
+        rows = slice(first, min(first + step, n))
+        yield matrix[rows], matrix[:, rows].T
+
+
+def _write_lower_triangle(handle: Any, matrix: NDArray[np.float64] | float, n: int) -> None:
+    """The lower triangle of ``(matrix + matrix') / 2``, or of an ``n x n`` matrix whose
+    every entry is the number ``matrix``, row by row in single precision."""
+    if not isinstance(matrix, np.ndarray):
+        row = np.full(n, matrix, dtype=_GRM_DTYPE)
+        for i in range(n):
+            handle.write(row[: i + 1].tobytes())
+        return
+    first = 0
+    for band, mirror in _row_bands(matrix):
+        symmetric = (band + mirror) / 2.0
+        for offset, values in enumerate(symmetric):
+            handle.write(values[: first + offset + 1].astype(_GRM_DTYPE).tobytes())
+        first += len(symmetric)
 
 
 def _replace_file(path: Path, write: Callable[[Any], object]) -> None:

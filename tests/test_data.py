@@ -175,3 +175,34 @@ def test_formula_sees_the_callers_namespace(small):
 
     result = EMLMM.from_formula("y ~ shifted(x)", data=df, kinship=kinship).fit()
     assert "shifted(x)" in result.params.index
+
+
+def test_an_exactly_symmetric_kinship_is_used_without_a_copy(small, monkeypatch):
+    # An exactly symmetric kinship (a GRM, emlmm.kinship's) is used as given, read-only:
+    # at n = 20,000 a copy is 3.2 GB. One symmetric to round-off only is symmetrised
+    # into a copy, and the caller's array is never written. Small bands of rows check
+    # the same thing.
+    import importlib
+
+    from emlmm._data import check_kinship
+
+    df, kinship = small
+    exact = kinship.to_numpy().copy()
+    n = len(exact)
+    for rows in (1 << 20, 3 * n):
+        monkeypatch.setattr(importlib.import_module("emlmm._data"), "_BAND_ENTRIES", rows)
+        checked = check_kinship(exact, n)
+        assert np.shares_memory(checked, exact) and not checked.flags.writeable
+        nudged = exact.copy()
+        nudged[0, 1] += 1e-12
+        before = nudged.copy()
+        symmetrised = check_kinship(nudged, n)
+        assert not np.shares_memory(symmetrised, nudged)
+        np.testing.assert_array_equal(symmetrised, symmetrised.T)
+        np.testing.assert_array_equal(nudged, before)
+        bad = exact.copy()
+        bad[n - 1, 2] += 0.5
+        with pytest.raises(ValueError, match=rf"not symmetric: entry \[2, {n - 1}\] = "):
+            check_kinship(bad, n)
+    model = EMLMM.from_formula("y ~ x", data=df, kinship=exact)
+    assert np.shares_memory(model.kinship, exact)

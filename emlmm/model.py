@@ -710,8 +710,8 @@ class NullFit:
     def eigenvectors(self) -> NDArray[np.float64]:
         """The kinship's eigenvectors for the directions in ``data`` (n x (n - n0)): a
         SNP's rotated genotypes are ``g @ eigenvectors``. Formed on first use from a
-        low-rank kinship's factor (a scan rotates by fewer columns:
-        :func:`emlmm.gwas._compressed`)."""
+        low-rank kinship's factor (a scan rotates by the eigenvectors of non-zero
+        eigenvalues only, and holds the null space in a few rows)."""
         return self.spectrum.columns(self.data.kept)
 
 

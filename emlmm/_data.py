@@ -7,7 +7,7 @@ names) and what to do about it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,6 +156,20 @@ def check_kinship(kinship: Any, nobs: int) -> NDArray[np.float64]:
     return checked
 
 
+def row_bands(
+    matrix: NDArray[np.float64], entries: int
+) -> Iterator[tuple[int, NDArray[np.float64], NDArray[np.float64]]]:
+    """Bands of about ``entries`` entries of a square matrix's rows: ``(first row,
+    band, mirror)``, ``mirror`` the same entries read across the diagonal
+    (``matrix[:, rows].T``), so that a check or a symmetrisation makes no ``n x n``
+    temporary."""
+    n = matrix.shape[0]
+    step = max(1, entries // max(n, 1))
+    for first in range(0, n, step):
+        rows = slice(first, min(first + step, n))
+        yield first, matrix[rows], matrix[:, rows].T
+
+
 #: Entries of the band of rows _check_kinship compares with its transpose at a time.
 _BAND_ENTRIES = 1 << 20
 
@@ -184,11 +198,9 @@ def _check_kinship(kinship: Any, nobs: int) -> NDArray[np.float64]:
         )
     scale = float(max(array.max(initial=0.0), -array.min(initial=0.0)))
     # |A - A'| by bands of rows, without an n x n temporary.
-    step = max(1, _BAND_ENTRIES // max(len(array), 1))
     exact = True
-    for first in range(0, len(array), step):
-        band = slice(first, first + step)
-        gaps = np.abs(array[band] - array[:, band].T)
+    for first, band, mirror in row_bands(array, _BAND_ENTRIES):
+        gaps = np.abs(band - mirror)
         largest = gaps.max(initial=0.0)
         exact = exact and largest == 0.0
         if largest > np.sqrt(np.finfo(float).eps) * max(scale, 1.0):

@@ -219,20 +219,20 @@ class KinshipSpectrum:
 
     def rotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
         """Express ``array`` (rows are individuals) in the eigenbasis: ``U' array``."""
-        if self._reflectors is not None and self._eigenvectors is None:
+        if self._reflectors is not None and self.implicit:
             return self._reflectors.rotate(array)
         return self.eigenvectors.T @ array
 
     def unrotate(self, array: NDArray[np.float64]) -> NDArray[np.float64]:
         """Map an eigenbasis array back to individuals: ``U array``."""
-        if self._reflectors is not None and self._eigenvectors is None:
+        if self._reflectors is not None and self.implicit:
             return self._reflectors.unrotate(array)
         return self.eigenvectors @ array
 
     def columns(self, index: slice) -> NDArray[np.float64]:
         """Eigenvectors ``index`` (a slice of columns: a view of formed eigenvectors;
         from a factor's reflectors, only these columns are formed)."""
-        if self._reflectors is not None and self._eigenvectors is None:
+        if self._reflectors is not None and self.implicit:
             wanted = np.arange(self.n)[index]
             selector = np.zeros((self.n, wanted.size))
             selector[wanted, np.arange(wanted.size)] = 1.0

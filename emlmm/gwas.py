@@ -797,16 +797,7 @@ class GenomeScan:
         if self.loco:
             kinship = "leave one chromosome out: centered, from the genotypes"
         else:
-            # A low-rank kinship by its factor (F F' is never formed), labelled so.
-            kinship = _digest(*(
-                part
-                for group in groups
-                for part in (
-                    ["low-rank factor", group.model._kinship_factor]
-                    if group.model._kinship_factor is not None
-                    else [group.model.kinship]
-                )
-            ))  # fmt: skip
+            kinship = _digest(*(part for group in groups for part in _kinship_parts(group.model)))
         phenotype: Any = _digest(model.endog)
         covariates = _digest(model.exog, model.exog_names)
         if self.phenotypes is not None:
@@ -1090,6 +1081,13 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
         "p_score": scientific(labelled.p_score),
     }
     return pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
+
+
+def _kinship_parts(model: EMLMM) -> list[Any]:
+    """What a scan's record hashes for a null model's kinship: a low-rank kinship's
+    factor, labelled so (``F F'`` is never formed), or the matrix."""
+    factor = model.kinship_factor
+    return ["low-rank factor", factor] if factor is not None else [model.kinship]
 
 
 def _decomposition(null: NullFit | ComponentsNullFit) -> tuple[Any, ...]:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from emlmm._data import _preview, check_count
+from emlmm._data import _preview, check_count, row_bands
 
 __all__ = [
     "LabMatrices",
@@ -1236,7 +1236,7 @@ def write_grm(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"kinship must be numeric: {exc}") from None
     largest, asymmetry = 0.0, 0.0
-    for band, mirror in _row_bands(values):  # no n x n temporary (at n = 20,000: 3.2 GB)
+    for _, band, mirror in row_bands(values, BAND_ENTRIES):  # no n x n temporary
         if not np.isfinite(band).all():
             raise ValueError("kinship holds NaN or infinite values; a .grm.bin cannot mark them")
         largest = max(largest, float(np.abs(band).max(initial=0.0)))
@@ -1267,18 +1267,6 @@ def write_grm(
 BAND_ENTRIES = 1 << 22
 
 
-def _row_bands(
-    matrix: NDArray[np.float64],
-) -> Iterator[tuple[NDArray[np.float64], NDArray[np.float64]]]:
-    """Bands of :data:`BAND_ENTRIES` entries of a square matrix's rows, each with the same
-    entries read across the diagonal (the band of the transpose, ``matrix[:, rows].T``)."""
-    n = matrix.shape[0]
-    step = max(1, BAND_ENTRIES // max(n, 1))
-    for first in range(0, n, step):
-        rows = slice(first, min(first + step, n))
-        yield matrix[rows], matrix[:, rows].T
-
-
 def _write_lower_triangle(handle: Any, matrix: NDArray[np.float64] | float, n: int) -> None:
     """The lower triangle of ``(matrix + matrix') / 2``, or of an ``n x n`` matrix whose
     every entry is the number ``matrix``, row by row in single precision."""
@@ -1287,12 +1275,10 @@ def _write_lower_triangle(handle: Any, matrix: NDArray[np.float64] | float, n: i
         for i in range(n):
             handle.write(row[: i + 1].tobytes())
         return
-    first = 0
-    for band, mirror in _row_bands(matrix):
+    for first, band, mirror in row_bands(matrix, BAND_ENTRIES):
         symmetric = (band + mirror) / 2.0
         for offset, values in enumerate(symmetric):
             handle.write(values[: first + offset + 1].astype(_GRM_DTYPE).tobytes())
-        first += len(symmetric)
 
 
 def _replace_file(path: Path, write: Callable[[Any], object]) -> None:

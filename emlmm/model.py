@@ -218,6 +218,23 @@ class EMLMM(LikelihoodModel):
     def kinship(self, value: Any) -> None:
         self._kinship = value
 
+    @property
+    def kinship_factor(self) -> NDArray[np.float64] | None:
+        """A :class:`~emlmm.LowRankKinship`'s factor ``F`` for the rows analysed
+        (:attr:`kinship` is ``F F'``), or None for a kinship given as a matrix.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from emlmm import EMLMM, LowRankKinship
+        >>> rng = np.random.default_rng(0)
+        >>> factor = rng.normal(size=(20, 3))
+        >>> model = EMLMM(rng.normal(size=20), np.ones((20, 1)), LowRankKinship(factor))
+        >>> model.kinship_factor.shape, model.kinship.shape
+        ((20, 3), (20, 20))
+        """
+        return self._kinship_factor
+
     def _kinship_diagonal(self) -> NDArray[np.float64]:
         """The kinship's diagonal (from a factor, without forming ``F F'``)."""
         if self._kinship is None and self._kinship_factor is not None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from emlmm._data import check_count
+from emlmm._data import check_count, row_bands
 from emlmm.genotypes import ColumnSummary, Genotypes
 from emlmm.io import PlinkGenotypes
 
@@ -146,13 +146,10 @@ def outer_products(columns: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def _mirror_lower(matrix: NDArray[np.float64]) -> None:
     """Copy the lower triangle onto the upper one, in place, by blocks of rows."""
-    n = len(matrix)
-    step = max(1, (1 << 22) // max(n, 1))
-    for first in range(0, n, step):
-        stop = min(first + step, n)
-        upper = matrix[first:stop, first:]  # rows first..stop-1, right of the diagonal
-        mirror = matrix[first:, first:stop].T  # the same entries, read below it
-        np.copyto(upper, mirror, where=np.triu(np.ones(upper.shape, dtype=bool), 1))
+    for first, band, mirror in row_bands(matrix, 1 << 22):
+        upper = band[:, first:]  # the band's rows, right of the diagonal
+        below = mirror[:, first:]  # the same entries, read below it
+        np.copyto(upper, below, where=np.triu(np.ones(upper.shape, dtype=bool), 1))
 
 
 @overload

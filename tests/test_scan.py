@@ -283,3 +283,29 @@ def test_no_series_where_its_powers_would_overflow(problem):
     tiny = _scan.replace(batch, eigenvalues=np.r_[1e-9, batch.eigenvalues[1:]], inverse=True)
     assert tiny.expanded(0.0) is tiny  # max(d w0) = 1e9: the sums over individuals serve
     assert tiny.expanded(1.0).expansion is not None
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4, 5])
+def test_small_symmetric_inverses_are_lapacks(q):
+    # Gram matrices of a design and a SNP, as the scan's GLS makes them, with two
+    # leading axes; in the second row a SNP nearly in the covariates' span.
+    rng = np.random.default_rng(q)
+    z = rng.normal(size=(3, 40, 30, q))
+    if q > 1:
+        z[1, :, :, -1] = z[1, :, :, 0] + 1e-5 * rng.normal(size=(40, 30))
+    a = np.einsum("...ni,...nj->...ij", z, z) * rng.uniform(0.1, 1e3, size=(3, 40, 1, 1))
+    inverse, log_det = _scan._symmetric_inverse(a)
+    want = np.linalg.inv(a)
+    scale = np.abs(want).max(axis=(-1, -2), keepdims=True)
+    error = np.abs(inverse - want) / scale
+    assert error[[0, 2]].max() < 1e-13
+    assert error[1].max() < (1e-13 if q == 1 else 1e-5)  # condition ~1e10: cond x eps
+    if q <= 3:
+        assert np.array_equal(inverse, np.swapaxes(inverse, -1, -2))
+    want_log_det = np.linalg.slogdet(a)[1]
+    np.testing.assert_allclose(log_det[[0, 2]], want_log_det[[0, 2]], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(log_det[1], want_log_det[1], rtol=0, atol=1e-4)
+    singular = a.copy()
+    singular[2, 7] = 0.0
+    with pytest.raises(np.linalg.LinAlgError, match="Singular"):
+        _scan._symmetric_inverse(singular)

@@ -1048,39 +1048,41 @@ def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
 
 def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
     """A chunk's rows as GEMMA's ``assoc.txt`` text: its columns and number formats
-    (``af`` to 3 decimals, statistics in ``%.6e``; unknown chr/ps -9, alleles NA)."""
+    (``af`` to 3 decimals, statistics in ``%.6e``; unknown chr/ps -9, alleles NA),
+    every value a string (a missing one empty, as ``to_csv`` writes it)."""
     n = len(labelled)
 
-    def column(name: str, default: Any) -> pd.Series:
-        values = labelled[name] if name in labelled.columns else pd.Series([default] * n)
-        return pd.Series(np.asarray(values), dtype=object)
+    def column(name: str, default: str) -> list[str]:
+        if name not in labelled.columns:
+            return [default] * n
+        return ["" if pd.isna(value) else str(value) for value in labelled[name].tolist()]
 
-    def scientific(values: Any) -> NDArray[np.str_]:
-        # Python's own formatting of a list: twice as fast as numpy.char.mod.
-        return np.array([f"{value:.6e}" for value in np.asarray(values, np.float64).tolist()])
+    def formatted(values: Any, spec: str) -> list[str]:
+        # Python's own formatting, value by value: 3x faster than numpy.char.mod.
+        return [format(value, spec) for value in np.asarray(values, np.float64).tolist()]
 
     with np.errstate(divide="ignore", invalid="ignore"):
         l_mle = labelled.sigma2_a.to_numpy(float) / labelled.sigma2_e.to_numpy(float)
     first = {} if "phenotype" not in labelled else {"phenotype": column("phenotype", "")}
     table = {
         **first,
-        "chr": column("chr", -9),
-        "rs": pd.Series(np.asarray(labelled.index), dtype=object),
-        "ps": column("pos", -9),
-        "n_miss": labelled.n_miss.to_numpy(),
+        "chr": column("chr", "-9"),
+        "rs": [str(snp) for snp in labelled.index],
+        "ps": column("pos", "-9"),
+        "n_miss": [str(count) for count in labelled.n_miss.tolist()],
         "allele1": column("allele1", "NA"),
         "allele0": column("allele0", "NA"),
-        "af": np.char.mod("%.3f", labelled.af.to_numpy(float)),
-        "beta": scientific(labelled.beta),
-        "se": scientific(labelled.se),
-        "logl_H1": scientific(labelled.llf),
-        "l_remle": scientific(labelled.l_remle),
-        "l_mle": scientific(l_mle),
-        "p_wald": scientific(labelled.p_wald),
-        "p_lrt": scientific(labelled.p_lrt),
-        "p_score": scientific(labelled.p_score),
+        "af": formatted(labelled.af, ".3f"),
+        "beta": formatted(labelled.beta, ".6e"),
+        "se": formatted(labelled.se, ".6e"),
+        "logl_H1": formatted(labelled.llf, ".6e"),
+        "l_remle": formatted(labelled.l_remle, ".6e"),
+        "l_mle": formatted(l_mle, ".6e"),
+        "p_wald": formatted(labelled.p_wald, ".6e"),
+        "p_lrt": formatted(labelled.p_lrt, ".6e"),
+        "p_score": formatted(labelled.p_score, ".6e"),
     }
-    return pd.DataFrame({name: np.asarray(values) for name, values in table.items()})
+    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in table.items()})
 
 
 def _kinship_parts(model: EMLMM) -> list[Any]:
@@ -1265,8 +1267,9 @@ class ScanOutput:
 
     def append(self, table: pd.DataFrame, format: TableFormat = "emlmm") -> None:
         """Write a chunk's rows and flush them to the operating system."""
-        if format == "gemma":  # already text, in GEMMA's formats
-            table.to_csv(self._file, sep="\t", header=False, index=False)
+        if format == "gemma":  # already text, in GEMMA's formats: rows joined
+            columns = [table[name].tolist() for name in table.columns]
+            self._file.write("".join("\t".join(row) + "\n" for row in zip(*columns, strict=True)))
         else:
             table.to_csv(self._file, sep="\t", header=False, float_format=FLOAT_FORMAT)
         self._file.flush()

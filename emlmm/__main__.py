@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -576,5 +576,20 @@ def _show_warning(
     print(f"emlmm: warning: {message}", file=sys.stderr)
 
 
+def run() -> NoReturn:
+    """The ``emlmm`` command: :func:`main`, then, once it has finished, an exit without
+    the interpreter's teardown. Every file it wrote is closed by then and the standard
+    streams are flushed here, so the teardown would only free memory and unload
+    modules: 0.2-0.25 s with numpy, SciPy, pandas and statsmodels loaded, a tenth of
+    a scan of GEMMA's example. Errors exit the usual way."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # a reader that stopped early: nothing more to say
+        code = code or 1
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -108,3 +108,25 @@ def test_importing_emlmm_leaves_the_model_layer_for_its_first_use():
 
         emlmm.nonsense  # noqa: B018
 
+
+
+def test_the_command_exits_with_mains_status_and_complete_files(plink_study, tmp_path):
+    # The installed command skips the interpreter's teardown after main() returns: the
+    # table, its log and the messages must all be there, and the status main's.
+    import subprocess
+    import sys
+
+    prefix, folder = plink_study
+    out = tmp_path / "scan.tsv"
+    command = [sys.executable, "-m", "emlmm", "gwas", "--bfile", str(prefix), "--covar",
+               str(folder / "covar.txt"), "--out", str(out), "--quiet"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    assert done.stderr.splitlines()[-1].startswith("wrote 40 of 40 SNPs to ")
+    assert main(["gwas", "--bfile", str(prefix), "--covar", str(folder / "covar.txt"),
+                 "--out", str(tmp_path / "in_process.tsv"), "--quiet"]) == 0  # fmt: skip
+    assert out.read_text() == (tmp_path / "in_process.tsv").read_text()
+    assert "## time (s): " in (tmp_path / "scan.tsv.log").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and again.stderr.startswith("emlmm: error: ")
+    assert "exists" in again.stderr

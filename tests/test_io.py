@@ -334,3 +334,37 @@ def test_read_lab_empty_and_missing_files(lab_dir, tmp_path):
 def test_write_plink_rejects_non_genotypes(tmp_path):
     with pytest.raises(ValueError, match="0, 1, 2 or NaN"):
         write_plink(tmp_path / "bad", [[0.5, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1\t2.5\t-3e-2\n4\t5\t6\n",  # tabs: read with the tab as the separator
+        "1\t2.5\t-3e-2\r\n4\t5\t6\r\n",  # Windows line ends
+        "1\t2.5\t-3e-2\n4 5\t6\n",  # a space further down: any whitespace
+        "1\t2.5\t-3e-2\t\n4\t5\t6\t\n",  # trailing tabs
+        "\t1\t2.5\t-3e-2\n4\t5\t6\n",  # a leading tab
+        "1\t2.5\t-3e-2\n# a comment\n4\t5\t6\n",
+        "1 2.5 -3e-2\n4\t5\t6\n",
+    ],
+)
+def test_text_matrices_read_the_same_whatever_the_whitespace(tmp_path, text):
+    from emlmm.io import read_text_matrix
+
+    path = tmp_path / "K.txt"
+    path.write_bytes(text.encode())
+    np.testing.assert_array_equal(read_text_matrix(path), [[1.0, 2.5, -3e-2], [4.0, 5.0, 6.0]])
+
+
+def test_a_tab_separated_matrix_still_names_its_problems(tmp_path):
+    from emlmm.io import read_text_matrix
+
+    path = tmp_path / "K.txt"
+    path.write_text("1\t2\t3\n4\t5\n")
+    with pytest.raises(ValueError, match=r"K\.txt, line 2: 2 values, but line 1 has 3"):
+        read_text_matrix(path)
+    path.write_text("1\t2\t3\n4\tfive\t6\n")
+    with pytest.raises(ValueError, match=r"K\.txt, line 2, value 2: 'five' is not a number"):
+        read_text_matrix(path)
+    path.write_text("1\t2\t3\n4\tNA\t6\n")
+    assert np.isnan(read_text_matrix(path)[1, 1])

@@ -337,9 +337,9 @@ class Profile:
 
     ``beta`` and ``cov_unscaled`` (``(X' H^-1 X)^-1``) are the GLS solution; ``rss``
     is ``y' P y`` with ``P = H^-1 - H^-1 X (X' H^-1 X)^-1 X' H^-1``; ``log_det_xhx``
-    is ``log|X' H^-1 X|``. ``slope`` and
-    ``curvature`` are the first and second derivatives of the profiled criterion
-    with respect to ``delta`` (NaN when not asked for).
+    is ``log|X' H^-1 X|``. ``slope`` and ``curvature`` are the first and second
+    derivatives of the profiled criterion with respect to ``delta`` (NaN when not
+    asked for).
     """
 
     delta: Array

@@ -239,6 +239,11 @@ def check_design(
                 "of the kinship)"
             )
     nobs, k_exog = exog.shape
+    if k_exog == 0:
+        raise ValueError(
+            "the model has no fixed effects (exog has no columns); it needs at least one, "
+            "such as an intercept: 'y ~ 1' (in a scan, 'y ~ 1 + snp')"
+        )
     if nobs < k_exog + 2:
         raise ValueError(
             f"{nobs} observations are not enough for {k_exog} fixed effects plus two "

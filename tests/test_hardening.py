@@ -67,6 +67,17 @@ def test_all_missing_phenotype(trio):
         EMLMM.from_formula("y ~ x", data.assign(y=np.nan), kinship=kinship)
 
 
+def test_a_model_without_fixed_effects_is_refused(trio):
+    data, genotypes, kinship = trio
+    message = r"no fixed effects .* such as an intercept: 'y ~ 1' \(in a scan, 'y ~ 1 \+ snp'\)"
+    with pytest.raises(ValueError, match=message):
+        EMLMM.from_formula("y ~ 0", data, kinship=kinship)
+    with pytest.raises(ValueError, match=message):
+        EMLMM(data.y.to_numpy(), np.empty((len(data), 0)), kinship.to_numpy())
+    with pytest.raises(ValueError, match=message):
+        gwas("y ~ 0 + snp", data, genotypes, kinship)
+
+
 def test_fewer_observations_than_parameters():
     kinship = np.eye(3) + 0.5
     with pytest.raises(ValueError, match="3 observations are not enough for 2 fixed effects"):

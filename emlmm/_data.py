@@ -108,10 +108,22 @@ def align_kinship(kinship: Any, index: pd.Index) -> Any:
 
     A :class:`pandas.DataFrame` kinship is matched to the data by label on both
     axes; individuals in the kinship but not in the data are left out. Data
-    labels missing from the kinship raise a ``ValueError`` that lists them.
+    labels missing from the kinship, or repeated, raise a ``ValueError`` that lists
+    them.
     """
     from emlmm.kinship import LowRankKinship
 
+    labelled = isinstance(kinship, pd.DataFrame) or (
+        isinstance(kinship, LowRankKinship) and kinship.ids is not None
+    )
+    if labelled and not index.is_unique:
+        repeated = index[index.duplicated()].unique()
+        raise ValueError(
+            f"the data's row labels repeat ({_preview(repeated)}), so they cannot be "
+            "matched one to one to the labelled kinship; give each row its own label or, "
+            "for several records per individual, name the column of individual ids with "
+            "kinship_ids="
+        )
     if isinstance(kinship, LowRankKinship):
         return kinship.rows(index)
     if not isinstance(kinship, pd.DataFrame):

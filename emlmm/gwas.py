@@ -345,6 +345,13 @@ class GenomeScan:
         eval_env: int | dict[str, Any] | patsy.EvalEnvironment = 0,
     ) -> None:
         check_formula_inputs(formula, data)
+        if isinstance(data, pd.DataFrame) and not data.index.is_unique:
+            repeated = data.index[data.index.duplicated()].unique()
+            raise ValueError(
+                f"data's row labels repeat ({_preview(list(repeated))}): a scan matches each "
+                "row to its individual's genotypes and kinship by label, so every row "
+                "needs its own"
+            )
         self.phenotypes = _check_phenotypes(phenotypes, formula, data, vc_formula)
         check_choice("method", method, ("exact", "fixed"))
         self.formula = formula

@@ -8,7 +8,7 @@ import pytest
 from plink_fixtures import write_plink
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from emlmm import EMLMM, gwas
+from emlmm import EMLMM, LowRankKinship, gwas
 from emlmm.__main__ import main
 from emlmm.gwas import _Scanner
 
@@ -76,6 +76,23 @@ def test_a_model_without_fixed_effects_is_refused(trio):
         EMLMM(data.y.to_numpy(), np.empty((len(data), 0)), kinship.to_numpy())
     with pytest.raises(ValueError, match=message):
         gwas("y ~ 0 + snp", data, genotypes, kinship)
+
+
+def test_repeated_row_labels_are_named(trio):
+    data, genotypes, kinship = trio
+    repeated = data.set_axis([*data.index[:-1], data.index[0]])
+    message = r"row labels repeat \('p0'\)"
+    with pytest.raises(ValueError, match=message + r".* kinship_ids="):
+        EMLMM.from_formula("y ~ x", repeated, kinship=kinship)
+    factor = LowRankKinship(pd.DataFrame(np.eye(len(data))[:, :5], index=data.index))
+    with pytest.raises(ValueError, match=message + r".* kinship_ids="):
+        EMLMM.from_formula("y ~ x", repeated, kinship=factor)
+    for matrix in (kinship, kinship.to_numpy()):  # a scan matches rows by label either way
+        with pytest.raises(ValueError, match=message + ": a scan matches each row"):
+            gwas("y ~ 1 + snp", repeated, genotypes.to_numpy(), matrix)
+    # An unlabelled kinship is matched by position: repeated labels are the user's own.
+    fit = EMLMM.from_formula("y ~ x", repeated, kinship=kinship.to_numpy()).fit()
+    assert fit.llf == pytest.approx(EMLMM.from_formula("y ~ x", data, kinship=kinship).fit().llf)
 
 
 def test_fewer_observations_than_parameters():

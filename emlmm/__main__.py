@@ -244,6 +244,12 @@ def _phenotype_and_covariates(
     if getattr(args, "covar", None) is None:
         return data, names, ["1"], notes
     covariates = read_covariates(args.covar, plink.sample_ids)
+    if covariates.shape[1] + 2 > covariates.shape[0]:
+        raise ValueError(
+            f"the covariate file {args.covar} has {covariates.shape[1]} columns for "
+            f"{covariates.shape[0]} individuals: a model needs more individuals than "
+            "covariates and variance components (is it the right file?)"
+        )
     # The file's own names where they can stand in a formula, else c1, c2, ...
     taken = {"y", "snp", *names}
     covariate_names = [

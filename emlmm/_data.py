@@ -101,6 +101,16 @@ def check_formula_inputs(formula: Any, data: Any) -> None:
         )
     if not isinstance(data, (pd.DataFrame, dict)):
         raise TypeError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+    try:
+        patsy.ModelDesc.from_formula(formula)
+    except RecursionError:  # patsy's parser recurses once per '+'
+        raise ValueError(
+            f"the formula has {formula.count('+') + 1} terms, more than patsy's formula "
+            "parser can take (it recurses once per term); fit a model with that many "
+            "covariates from arrays, EMLMM(endog, exog, kinship)"
+        ) from None
+    except patsy.PatsyError:
+        pass  # named, with the formula, where the design is built
 
 
 def align_kinship(kinship: Any, index: pd.Index) -> Any:

@@ -130,3 +130,13 @@ def test_the_command_exits_with_mains_status_and_complete_files(plink_study, tmp
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and again.stderr.startswith("emlmm: error: ")
     assert "exists" in again.stderr
+
+
+def test_a_covariate_file_wider_than_the_study_is_one_line(plink_study, tmp_path, capsys):
+    # A kinship passed as --covar, say: one line, before any fit.
+    prefix, _ = plink_study
+    np.savetxt(tmp_path / "wide.txt", np.random.default_rng(1).normal(size=(90, 95)))
+    with pytest.raises(SystemExit, match=r"wide\.txt has 95 columns for 90 individuals"):
+        main(["gwas", "--bfile", str(prefix), "--covar", str(tmp_path / "wide.txt"),
+              "--out", str(tmp_path / "x.tsv"), "--quiet"])  # fmt: skip
+    assert not (tmp_path / "x.tsv").exists()

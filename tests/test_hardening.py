@@ -95,6 +95,17 @@ def test_repeated_row_labels_are_named(trio):
     assert fit.llf == pytest.approx(EMLMM.from_formula("y ~ x", data, kinship=kinship).fit().llf)
 
 
+def test_a_formula_beyond_patsys_parser_is_a_value_error(trio):
+    data, genotypes, kinship = trio
+    wide = pd.DataFrame(np.random.default_rng(0).normal(size=(len(data), 600)), index=data.index)
+    wide = wide.add_prefix("c").assign(y=data.y)
+    formula = "y ~ 1 + " + " + ".join(f"c{j}" for j in range(600))
+    with pytest.raises(ValueError, match="the formula has 601 terms, more than patsy's"):
+        EMLMM.from_formula(formula, wide, kinship=kinship)
+    with pytest.raises(ValueError, match="the formula has 602 terms"):
+        gwas(formula + " + snp", wide, genotypes, kinship)
+
+
 def test_fewer_observations_than_parameters():
     kinship = np.eye(3) + 0.5
     with pytest.raises(ValueError, match="3 observations are not enough for 2 fixed effects"):

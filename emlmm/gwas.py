@@ -2095,6 +2095,19 @@ def _check_phenotypes(
     missing = [name for name in names if name not in data.columns]
     if missing:
         raise ValueError(f"phenotypes not among the columns of data: {_preview(missing)}")
+    frame = pd.DataFrame(data)
+    text = [
+        name
+        for name in names
+        if not pd.api.types.is_numeric_dtype(frame[name])
+        or pd.api.types.is_bool_dtype(frame[name])
+    ]
+    if text:
+        raise TypeError(
+            f"phenotypes must be numeric columns; {_preview(text)} "
+            f"{'is' if len(text) == 1 else 'are'} not (a 0/1 trait: convert it with "
+            ".astype(float))"
+        )
     if patsy.ModelDesc.from_formula(formula).lhs_termlist:
         raise ValueError(
             f"with phenotypes, the formula must have no response (it is each phenotype in "

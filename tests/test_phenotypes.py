@@ -227,3 +227,10 @@ def test_phenotype_individuals_is_empty_for_one_response(study):
     data, frame, related = study
     scan = GenomeScan("y1 ~ 1 + snp", data, frame.iloc[:, :3], related)
     assert scan.phenotype_individuals == {}
+
+
+def test_non_numeric_phenotypes_are_named(study):
+    data, frame, related = study
+    odd = data.assign(label="a", flag=data.y1 > 0)
+    with pytest.raises(TypeError, match=r"phenotypes must be numeric columns; 'label', 'flag' are"):
+        GenomeScan("~ 1 + snp", odd, frame, related, phenotypes=["y1", "label", "flag"])

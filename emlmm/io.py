@@ -1338,7 +1338,7 @@ def read_text_matrix(path: str | os.PathLike[str]) -> NDArray[np.float64]:
     # times faster; anything it rejects or pads with NaN (comments, missing values,
     # ragged or non-numeric lines) is read line by line, which names the problem.
     # A file of tab-separated values (GEMMA's and emlmm's kinships) is first read with
-    # the tab as the separator, 1.7x faster than any whitespace; the same numbers.
+    # the tab as the separator, 1.4-1.7x faster than any whitespace; the same numbers.
     for separator in _separators(Path(path)):
         try:
             values = pd.read_csv(path, sep=separator, header=None, dtype=float).to_numpy()

@@ -7,7 +7,7 @@ names) and what to do about it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,24 @@ def check_formula_inputs(formula: Any, data: Any) -> None:
         ) from None
     except patsy.PatsyError:
         pass  # named, with the formula, where the design is built
+
+
+def check_vc_formula(vc_formula: Any) -> dict[str, str] | None:
+    """Extra variance components, as ``{name: formula}`` (None or empty: none)."""
+    if vc_formula is None:
+        return None
+    if not isinstance(vc_formula, Mapping):
+        raise TypeError(
+            "vc_formula must be a dict of names to formulas, such as "
+            f"{{'cage': '0 + C(cage)'}}, not {type(vc_formula).__name__}"
+        )
+    wrong = [name for name, term in vc_formula.items() if not isinstance(term, str)]
+    if wrong:
+        raise TypeError(
+            f"vc_formula's formulas must be strings such as '0 + C(cage)'; {_preview(wrong)} "
+            f"{'is' if len(wrong) == 1 else 'are'} not"
+        )
+    return {str(name): term for name, term in vc_formula.items()} or None
 
 
 def align_kinship(kinship: Any, index: pd.Index) -> Any:

@@ -44,6 +44,7 @@ from emlmm._data import (
     check_flag,
     check_formula_inputs,
     check_positive,
+    check_vc_formula,
 )
 from emlmm._malloc import held_memory
 from emlmm._spectral import KinshipSpectrum, shared_spectra
@@ -360,7 +361,7 @@ class GenomeScan:
         self.tol = check_positive("tol", tol)
         self.loco = check_flag("loco", loco)
         self.snp_filter = SnpFilter(min_maf, max_missing, hwe)
-        self.vc_formula = dict(vc_formula) if vc_formula else None
+        self.vc_formula = check_vc_formula(vc_formula)
         self.snp_counts: dict[str, int] | None = None
         if chunk_size is not None:
             chunk_size = check_count("chunk_size", chunk_size)

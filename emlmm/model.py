@@ -26,6 +26,7 @@ from emlmm._data import (
     check_kinship,
     check_numeric,
     check_positive,
+    check_vc_formula,
 )
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
@@ -411,6 +412,7 @@ class EMLMM(LikelihoodModel):
         (``O(n)`` per iteration).
         """
         check_formula_inputs(formula, data)
+        vc_formula = check_vc_formula(vc_formula)
         data = pd.DataFrame(data) if isinstance(data, dict) else data
         if subset is not None:
             data = data.loc[subset]

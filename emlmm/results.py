@@ -770,7 +770,16 @@ class ComponentsResults(_InformationCriteria, LikelihoodModelResults):
         size = len(fit.theta)
         free = fit.theta > 0
         cov_variances = np.full((size, size), np.nan)
-        cov_variances[np.ix_(free, free)] = np.linalg.inv(information[np.ix_(free, free)])
+        try:
+            cov_variances[np.ix_(free, free)] = np.linalg.inv(information[np.ix_(free, free)])
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "the variance components are not identifiable: their information matrix "
+                "is singular, so two of them change V alike (a kinship proportional to "
+                "the identity is the residual again; or two kinships or groupings with "
+                f"the same pattern). Components: {', '.join(model.component_names)}; drop "
+                "one of those that coincide"
+            ) from None
         cov_variances = fit_data.variances_to_user(cov_variances, power=2)
         p = len(fit.beta)
         cov_params = np.zeros((p + size, p + size))

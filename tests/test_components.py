@@ -11,7 +11,7 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import optimize
 
-from emlmm import EMLMM
+from emlmm import EMLMM, gwas
 
 
 def dense_fit(y, X, covariances, reml):
@@ -336,3 +336,31 @@ def test_information_criteria_count_every_variance(mice):
     reml = EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship,
                               vc_formula={"cage": "0 + C(cage)"}).fit(reml=True)
     assert np.isnan(reml.aic) and np.isnan(reml.bic)
+
+
+@pytest.mark.parametrize(
+    ("vc_formula", "message"),
+    [
+        ("cage", "vc_formula must be a dict of names to formulas.* not str"),
+        (["cage"], "vc_formula must be a dict.* not list"),
+        ({"cage": 3}, "vc_formula's formulas must be strings .*; 'cage' is not"),
+    ],
+)
+def test_vc_formula_of_the_wrong_type(mice, vc_formula, message):
+    data, kinship = mice
+    with pytest.raises(TypeError, match=message):
+        EMLMM.from_formula("y ~ 1 + x", data, kinship=kinship, vc_formula=vc_formula)
+    genotypes = pd.DataFrame({"rs1": np.arange(len(data)) % 3.0}, index=data.index)
+    with pytest.raises(TypeError, match=message):
+        gwas("y ~ 1 + snp", data, genotypes, kinship, vc_formula=vc_formula)
+
+
+def test_components_that_coincide_are_named(mice):
+    # A kinship proportional to the identity is the residual again: the variances
+    # cannot be told apart, and the fit says so instead of failing to invert.
+    data, kinship = mice
+    identity = pd.DataFrame(np.eye(len(data)), index=data.index, columns=data.index)
+    with pytest.raises(ValueError, match=r"not identifiable.*Components: kinship, cage, residual"):
+        EMLMM.from_formula(
+            "y ~ 1 + x", data, kinship=identity, vc_formula={"cage": "0 + C(cage)"}
+        ).fit()

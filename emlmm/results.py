@@ -642,10 +642,15 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
                 "of data of different dimensions; give both the same such covariates"
             )
         df_diff = full_model.k_exog - small_model.k_exog
-        if df_diff <= 0:
+        if df_diff < 0:
             raise ValueError(
                 f"the restricted fit has {small_model.k_exog} fixed effects and this one "
                 f"{full_model.k_exog}; call compare_lr_test on the larger model"
+            )
+        if df_diff == 0:
+            raise ValueError(
+                f"both fits have {full_model.k_exog} fixed effects: an LR test here compares "
+                "a model with a restriction of it, which has fewer"
             )
         coef, *_ = np.linalg.lstsq(full_model.exog, small_model.exog, rcond=None)
         leftover = np.linalg.norm(small_model.exog - full_model.exog @ coef)

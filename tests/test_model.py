@@ -153,6 +153,13 @@ def test_compare_lr_test_refuses_what_it_cannot_compare(grouped):
         full.compare_lr_test(smf.ols("y ~ 1", df).fit())
 
 
+def test_compare_lr_test_of_two_fits_of_one_size_says_why(grouped):
+    df, kinship = grouped
+    full = EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit()
+    with pytest.raises(ValueError, match="both fits have 3 fixed effects"):
+        full.compare_lr_test(full)
+
+
 def test_t_test_and_wald_test_use_labelled_params(grouped):
     df, kinship = grouped
     result = EMLMM.from_formula(FORMULA, data=df, kinship=kinship).fit()

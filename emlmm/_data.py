@@ -7,7 +7,7 @@ names) and what to do about it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,19 @@ _SHOW_LABELS = 5
 #: Largest condition number of the (column-scaled) design: beyond it X' V^-1 X, whose
 #: condition number is about its square, cannot be inverted to useful precision.
 MAX_CONDITION = 1e7
+
+
+def repeated_labels(labels: Iterable[Any]) -> pd.Index:
+    """The labels that appear more than once, each once, in order.
+
+    Examples
+    --------
+    >>> from emlmm._data import repeated_labels
+    >>> repeated_labels(["a", "b", "a", "c", "b", "a"]).tolist()
+    ['a', 'b']
+    """
+    index = pd.Index(labels)
+    return pd.Index(index[index.duplicated()].unique())
 
 
 def _preview(labels: Collection[Any]) -> str:
@@ -145,12 +158,11 @@ def align_kinship(kinship: Any, index: pd.Index) -> Any:
         isinstance(kinship, LowRankKinship) and kinship.ids is not None
     )
     if labelled and not index.is_unique:
-        repeated = index[index.duplicated()].unique()
         raise ValueError(
-            f"the data's row labels repeat ({_preview(repeated)}), so they cannot be "
-            "matched one to one to the labelled kinship; give each row its own label or, "
-            "for several records per individual, name the column of individual ids with "
-            "kinship_ids="
+            f"the data's row labels repeat ({_preview(repeated_labels(index))}), so they "
+            "cannot be matched one to one to the labelled kinship; give each row its own "
+            "label or, for several records per individual, name the column of individual "
+            "ids with kinship_ids="
         )
     if isinstance(kinship, LowRankKinship):
         return kinship.rows(index)
@@ -165,8 +177,9 @@ def align_kinship(kinship: Any, index: pd.Index) -> Any:
                 f"rows not among columns: {_preview(kinship.index.difference(kinship.columns))}"
             )
     if not kinship.index.is_unique:
-        duplicated = kinship.index[kinship.index.duplicated()].unique()
-        raise ValueError(f"kinship labels are not unique: {_preview(duplicated)} repeat")
+        raise ValueError(
+            f"kinship labels are not unique: {_preview(repeated_labels(kinship.index))} repeat"
+        )
     if kinship.index.equals(index) and kinship.columns.equals(index):
         return kinship  # already aligned: no copy
     missing = index.difference(kinship.index, sort=False)

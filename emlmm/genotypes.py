@@ -25,7 +25,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import gammaln
 
-from emlmm._data import _preview, check_count
+from emlmm._data import _preview, check_count, repeated_labels
 
 __all__ = [
     "FILTER_REASONS",
@@ -301,8 +301,7 @@ class Genotypes:
 
     def duplicated_ids(self) -> pd.Index:
         """SNP ids that appear more than once (each once)."""
-        index = self.snps.index
-        return pd.Index(index[index.duplicated()].unique())
+        return repeated_labels(self.snps.index)
 
     # -------------------------------------------------------------- reading
 

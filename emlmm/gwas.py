@@ -45,6 +45,7 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
     check_vc_formula,
+    repeated_labels,
 )
 from emlmm._malloc import held_memory
 from emlmm._spectral import KinshipSpectrum, shared_spectra
@@ -347,11 +348,10 @@ class GenomeScan:
     ) -> None:
         check_formula_inputs(formula, data)
         if isinstance(data, pd.DataFrame) and not data.index.is_unique:
-            repeated = data.index[data.index.duplicated()].unique()
             raise ValueError(
-                f"data's row labels repeat ({_preview(list(repeated))}): a scan matches each "
-                "row to its individual's genotypes and kinship by label, so every row "
-                "needs its own"
+                f"data's row labels repeat ({_preview(list(repeated_labels(data.index)))}): a "
+                "scan matches each row to its individual's genotypes and kinship by label, "
+                "so every row needs its own"
             )
         self.phenotypes = _check_phenotypes(phenotypes, formula, data, vc_formula)
         check_choice("method", method, ("exact", "fixed"))
@@ -2091,7 +2091,7 @@ def _check_phenotypes(
     if not names:
         raise ValueError("phenotypes is empty: name at least one column of data")
     if len(set(names)) < len(names):
-        repeated = pd.Index(names)[pd.Index(names).duplicated()].unique()
+        repeated = repeated_labels(names)
         raise ValueError(f"phenotypes repeat: {_preview(list(repeated))}")
     missing = [name for name in names if name not in data.columns]
     if missing:

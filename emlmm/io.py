@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from emlmm._data import _preview, check_count, row_bands
+from emlmm._data import _preview, check_count, repeated_labels, row_bands
 
 __all__ = [
     "LabMatrices",
@@ -172,7 +172,7 @@ class PlinkGenotypes:
             raise ValueError(f"could not read {self.fam_path}: {exc}") from exc
         fam = pd.DataFrame(columns, index=pd.Index(columns["iid"], name="sample"))
         if not fam.index.is_unique:
-            repeated = fam.index[fam.index.duplicated()].unique()
+            repeated = repeated_labels(fam.index)
             shown = ", ".join(repr(iid) for iid in repeated[:5])
             raise ValueError(
                 f"{self.fam_path}: individual ids (IID, column 2) must be unique; "
@@ -654,7 +654,7 @@ def _read_text_table(path: Path) -> _TextTable:
     header = f"{path}, line {first + 1} (the header)"
     if not names:
         raise ValueError(f"{header} names no columns after the individual ids")
-    repeated = pd.Index(names)[pd.Index(names).duplicated()].unique()
+    repeated = repeated_labels(names)
     if len(repeated):
         raise ValueError(f"{header}: column names must be unique; repeated: {_preview(repeated)}")
     width = id_field + 1 + len(names)
@@ -673,7 +673,7 @@ def _sample_index(sample_ids: Sequence[str] | pd.Index) -> tuple[pd.Index, list[
         raise TypeError("sample_ids must be a sequence of individual ids, not a single string")
     index = pd.Index(sample_ids, name="sample")
     keys = [str(label) for label in index]
-    repeated = pd.Index(keys)[pd.Index(keys).duplicated()].unique()
+    repeated = repeated_labels(keys)
     if len(repeated):
         raise ValueError(
             f"sample_ids must be unique; {len(repeated)} repeat: {_preview(repeated)}"
@@ -748,7 +748,7 @@ def _read_sample_table(
     id_field = table.id_field
     ids = pd.Index([row[id_field] for row in table.rows])
     if ids.has_duplicates:
-        repeated = ids[ids.duplicated()].unique()
+        repeated = repeated_labels(ids)
         shown = ", ".join(
             f"{iid!r} (lines {', '.join(str(table.lines[i]) for i in np.flatnonzero(ids == iid))})"
             for iid in repeated[:5]
@@ -966,7 +966,7 @@ def _read_grm_ids(path: Path) -> pd.Index:
         raise ValueError(f"{path} lists no individuals")
     index = pd.Index(iids, name="sample")
     if index.has_duplicates:
-        repeated = index[index.duplicated()].unique()
+        repeated = repeated_labels(index)
         raise ValueError(
             f"{path}: individual ids (IID, column 2) must be unique to label the matrix; "
             f"{len(repeated)} repeat: {_preview(repeated)}"
@@ -1093,7 +1093,7 @@ def _grm_fids(
 
 def _check_grm_ids(fids: Sequence[str], iids: Sequence[str]) -> None:
     if len(set(iids)) != len(iids):
-        repeated = pd.Index(iids)[pd.Index(iids).duplicated()].unique()
+        repeated = repeated_labels(iids)
         raise ValueError(
             f"kinship's individual ids must be unique; {len(repeated)} repeat: "
             f"{_preview(repeated)}"

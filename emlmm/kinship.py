@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from emlmm._data import check_count, row_bands
+from emlmm._data import check_count, repeated_labels, row_bands
 from emlmm.genotypes import ColumnSummary, Genotypes
 from emlmm.io import PlinkGenotypes
 
@@ -339,7 +339,7 @@ class LowRankKinship:
         if isinstance(factor, pd.DataFrame):
             self.ids = pd.Index(factor.index)
             if not self.ids.is_unique:
-                repeated = self.ids[self.ids.duplicated()].unique()
+                repeated = repeated_labels(self.ids)
                 raise ValueError(f"LowRankKinship labels are not unique: {list(repeated)[:5]}")
             factor = factor.to_numpy()
         try:

@@ -337,9 +337,9 @@ class Profile:
 
     ``beta`` and ``cov_unscaled`` (``(X' H^-1 X)^-1``) are the GLS solution; ``rss``
     is ``y' P y`` with ``P = H^-1 - H^-1 X (X' H^-1 X)^-1 X' H^-1``; ``log_det_xhx``
-    is ``log|X' H^-1 X|``. ``slope`` and ``curvature`` are the first and second
-    derivatives of the profiled criterion with respect to ``delta`` (NaN when not
-    asked for).
+    is ``log|X' H^-1 X|`` (REML's; NaN in ML fits of more than three columns).
+    ``slope`` and ``curvature`` are the first and second derivatives of the profiled
+    criterion with respect to ``delta`` (NaN when not asked for).
     """
 
     delta: Array
@@ -451,7 +451,7 @@ def profile(batch: SnpBatch, delta: Array, reml: bool, derivatives: bool = True)
         lambda expansion, at: expansion.cross_products(at, (0,))[:, 0],
         lambda part, at: part.cross_products(_weights(part, at)),
     )
-    cov_unscaled, beta, _, rss, log_det_xhx = _gls(m1, batch.k_exog)
+    cov_unscaled, beta, _, rss, log_det_xhx = _gls(m1, batch.k_exog, reml)
     nan = np.full_like(rss, np.nan)
     return Profile(delta, beta, cov_unscaled, rss, log_det_xhx, nan, nan)
 
@@ -460,7 +460,7 @@ def derive(batch: SnpBatch, at: Moments, reml: bool) -> Profile:
     """The ML (REML) criterion's pieces and derivatives from its :class:`Moments`."""
     p = batch.k_exog
     m2, m3 = at.m2, at.m3
-    cov_unscaled, beta, u, rss, log_det_xhx = _gls(at.m1, p)
+    cov_unscaled, beta, u, rss, log_det_xhx = _gls(at.m1, p, reml)
     # rss' = -u' M2 u; rss'' = 2 (u' M3 u - v' (X'H^-1X)^-1 v) with v = (M2 u)_X.
     m2u = np.einsum("kij,kj->ki", m2, u)
     v = m2u[:, :p]
@@ -481,14 +481,15 @@ def derive(batch: SnpBatch, at: Moments, reml: bool) -> Profile:
     return Profile(at.delta, beta, cov_unscaled, rss, log_det_xhx, slope, curvature)
 
 
-def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array, Array]:
+def _gls(m1: Array, p: int, log_det: bool = True) -> tuple[Array, Array, Array, Array, Array]:
     """GLS from ``M1 = Z' H^-1 Z`` (any leading axes): ``(X'H^-1X)^-1``, beta, u, rss
-    and ``log|X'H^-1X|``.
+    and ``log|X'H^-1X|`` (which only REML uses: see :func:`_symmetric_inverse` for
+    ``log_det``).
 
     ``u = (-beta, 1)``: ``Z u`` is the GLS residual, and ``u' M u`` its weighted sum
     of squares.
     """
-    cov_unscaled, log_det_xhx = _symmetric_inverse(m1[..., :p, :p])
+    cov_unscaled, log_det_xhx = _symmetric_inverse(m1[..., :p, :p], log_det)
     beta = np.einsum("...ij,...j->...i", cov_unscaled, m1[..., :p, p])
     u = np.concatenate([-beta, np.ones((*beta.shape[:-1], 1))], axis=-1)
     rss = np.einsum("...i,...ij,...j->...", u, m1, u)
@@ -499,7 +500,7 @@ def _gls(m1: Array, p: int) -> tuple[Array, Array, Array, Array, Array]:
 _COFACTOR_SIZE = 3
 
 
-def _symmetric_inverse(a: Array) -> tuple[Array, Array]:
+def _symmetric_inverse(a: Array, log_det: bool = True) -> tuple[Array, Array]:
     """The inverses of symmetric matrices ``a`` (``(..., q, q)``) and the logarithms of
     their absolute determinants.
 
@@ -507,12 +508,15 @@ def _symmetric_inverse(a: Array) -> tuple[Array, Array]:
     makes 2 x 2) by cofactors, elementwise over the leading axes, which is 10-20x
     faster than LAPACK's inverse called once per matrix; their errors are of the
     same order, the condition number times the rounding unit. Larger ones by
-    :func:`numpy.linalg.inv`. A singular matrix raises
-    :class:`numpy.linalg.LinAlgError`, as :func:`numpy.linalg.inv` does.
+    :func:`numpy.linalg.inv`, and their log-determinants by a second LAPACK call,
+    made only if ``log_det`` (else they are NaN: cofactors give them for free, LAPACK
+    does not). A singular matrix raises :class:`numpy.linalg.LinAlgError`, as
+    :func:`numpy.linalg.inv` does.
     """
     q = a.shape[-1]
     if q > _COFACTOR_SIZE:
-        return np.asarray(np.linalg.inv(a), dtype=np.float64), np.linalg.slogdet(a)[1]
+        inverse = np.asarray(np.linalg.inv(a), dtype=np.float64)
+        return inverse, np.linalg.slogdet(a)[1] if log_det else np.full(a.shape[:-2], np.nan)
     cofactors = np.empty(a.shape)
     if q == 1:
         det = a[..., 0, 0].copy()

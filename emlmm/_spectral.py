@@ -239,6 +239,14 @@ class KinshipSpectrum:
             return self._reflectors.unrotate(selector)
         return self.eigenvectors[:, index]
 
+    def nonzero_columns(self, kept: slice) -> NDArray[np.float64]:
+        """The eigenvectors of the directions ``kept`` whose eigenvalue is not zero:
+        those come after the zeros (eigenvalues are sorted), so this is a range of
+        columns (a view of formed eigenvectors, else only these columns formed)."""
+        first, stop, _ = kept.indices(self.n)
+        zeros = int(np.count_nonzero(self.eigenvalues[first:stop] == 0.0))
+        return self.columns(slice(first + zeros, stop))
+
 
 @dataclass(frozen=True)
 class _Reflectors:

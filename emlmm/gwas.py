@@ -1996,11 +1996,8 @@ def _compressed(
     p, n_zero = full.k_exog, int(np.count_nonzero(zero))
     if n_zero <= 2 * (p + 2):
         return spectrum.columns(kept), None, full
-    # The zeros come first (a KinshipSpectrum's eigenvalues are sorted): column ranges,
-    # viewed, not copied, when the eigenvectors are formed.
+    # The zeros come first (a KinshipSpectrum's eigenvalues are sorted).
     assert zero[:n_zero].all(), "eigenvalues must be sorted increasing"
-    start = kept.start or 0
-    within = spectrum.columns(slice(start + n_zero, None))
     shared = np.column_stack([full.exog[zero], full.endog[zero]])
     basis, triangle = np.linalg.qr(shared)
     rows = triangle.shape[0]
@@ -2008,9 +2005,9 @@ def _compressed(
     endog = np.concatenate([full.endog[~zero], triangle[:, p], [0.0]])
     eigenvalues = np.concatenate([full.eigenvalues[~zero], np.zeros(rows + 1)])
     placed = np.zeros((spectrum.n, basis.shape[1]))
-    placed[start : start + n_zero] = basis  # the null space's eigenvectors times basis
+    placed[kept][:n_zero] = basis  # the null space's eigenvectors times basis
     return (
-        within,
+        spectrum.nonzero_columns(kept),
         spectrum.unrotate(placed),
         _em.RotatedData.build(endog, exog, eigenvalues),
     )

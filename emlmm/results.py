@@ -363,12 +363,12 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         if kinship is None:
             labels = fitted
             # A U = U diag(eigenvalues): the null space's columns are zero (from a
-            # low-rank kinship's factor, only the others are formed).
+            # low-rank kinship's factor, only the others are formed). They come first.
             eigenvalues = fit_data.rotated.eigenvalues
-            zeros = int(np.count_nonzero(eigenvalues == 0.0))  # sorted: they come first
-            start = fit_data.kept.start or 0
+            within = spectrum.nonzero_columns(fit_data.kept)
+            zeros = eigenvalues.shape[0] - within.shape[1]
             cross = np.zeros((len(fitted), eigenvalues.shape[0]))
-            cross[:, zeros:] = spectrum.columns(slice(start + zeros, None)) * eigenvalues[zeros:]
+            cross[:, zeros:] = within * eigenvalues[zeros:]
             diagonal = self.model._kinship_diagonal()
         else:
             labels, cross, diagonal = self._cross_kinship(kinship, fitted, fit_data.kept)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize, stats
 
 from emlmm import _em
 
@@ -99,6 +98,8 @@ def profile_interval(
 ) -> tuple[float, float]:
     """The h2 values whose profile log-likelihood is within chi2_1(1 - alpha) / 2 of
     the maximum at ``h2``; an end is 0 (or 1) where the profile does not drop enough."""
+    from scipy import optimize, stats  # here: a scan (which never asks) need not import them
+
     drop = stats.chi2.ppf(1.0 - alpha, 1) / 2.0
     best = profile(data, h2, mean_diagonal, reml)
     # h2 = 1 means sigma2_e = 0, possible only where every eigenvalue is positive.

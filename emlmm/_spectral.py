@@ -189,7 +189,9 @@ class KinshipSpectrum:
     @classmethod
     def _from_factor(cls, factor: NDArray[np.float64]) -> KinshipSpectrum:
         n = factor.shape[0]
-        with one_blas_thread(n):
+        # One BLAS thread below a few hundred columns: the QR's panels are then
+        # narrow, and two threads took 1-3x one thread's time (n = 3,000, k = 300).
+        with one_blas_thread(min(factor.shape)):
             (reflected, tau), triangle = scipy.linalg.qr(factor, mode="raw", check_finite=False)
             width = tau.shape[0]  # min(n, k) reflectors
             left, singular, _ = np.linalg.svd(triangle[:width], full_matrices=False)

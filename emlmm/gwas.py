@@ -47,6 +47,7 @@ from emlmm._data import (
     check_vc_formula,
     repeated_labels,
 )
+from emlmm._fitting import Estimates, NullFit, NullModel
 from emlmm._malloc import held_memory
 from emlmm._spectral import KinshipSpectrum, shared_spectra
 from emlmm._threads import one_blas_thread
@@ -62,7 +63,7 @@ from emlmm.genotypes import (
 from emlmm.kinship import kinship_sum
 
 if TYPE_CHECKING:  # the model (and statsmodels' model layer) is imported when a scan fits
-    from emlmm.model import EMLMM, ComponentsNullFit, NullFit
+    from emlmm.model import EMLMM, ComponentsNullFit
 
 __all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]
 
@@ -173,7 +174,7 @@ class _PhenotypeGroup:
     response and null fit."""
 
     labels: pd.Index
-    model: EMLMM
+    model: NullModel | EMLMM
     names: list[str | None]
     endogs: list[NDArray[np.float64]]
     nulls: list[NullFit | ComponentsNullFit]
@@ -272,7 +273,10 @@ class GenomeScan:
     chunk_size : int
         SNPs per chunk.
     null_model : EMLMM or None
-        The null model (``None`` with ``loco=True``: there is one per chromosome).
+        The null model (``None`` with ``loco=True`` or ``phenotypes``: there is one per
+        chromosome or phenotype), built when first asked for: with one kinship the
+        scan fits its null model without it (the same data, checks and fits), and
+        without importing statsmodels' model layer.
     snp_filter : SnpFilter
         The SNP filters.
     individuals : dict
@@ -373,7 +377,7 @@ class GenomeScan:
         source = Genotypes.from_any(genotypes, chromosomes)
         self.snps: pd.DataFrame = source.snps
         self._warn_duplicates(source)
-        self.null_model: EMLMM | None
+        self._model: EMLMM | None = None
         if self.loco:
             if kinship is not None:
                 raise ValueError(
@@ -396,7 +400,6 @@ class GenomeScan:
         else:
             self._parts = [_Part(None, np.arange(source.n_snps), source)]
         self._kinship = kinship
-        self.null_model = None
         self._current: tuple[int, _Scanner | _PhenotypesScanner, Genotypes] | None = None
         self.null_estimates: dict[str, pd.DataFrame] = {}
         #: The first part's null models by groups of individuals; the individuals
@@ -493,18 +496,41 @@ class GenomeScan:
         """Number of SNPs."""
         return len(self.snps)
 
-    def _null_model(self, kinship: Any, phenotype: str | None) -> EMLMM:
+    @property
+    def null_model(self) -> EMLMM | None:
+        if self.loco or self.phenotypes is not None:
+            return None
+        if self._model is None:
+            self._model = self._statsmodels_model(self._kinship, None)
+        return self._model
+
+    def _formula_for(self, phenotype: str | None) -> str:
+        """The null model's formula (with ``phenotypes``, that phenotype's)."""
+        if phenotype is None:
+            return self._null_formula
+        return f"Q({phenotype!r}) {self._null_formula}"  # the formula has no response
+
+    def _statsmodels_model(self, kinship: Any, phenotype: str | None) -> EMLMM:
         from emlmm.model import EMLMM
 
-        formula = self._null_formula
-        if phenotype is not None:  # the formula has no response: each phenotype's own
-            formula = f"Q({phenotype!r}) {formula}"
         return EMLMM.from_formula(
-            formula,
+            self._formula_for(phenotype),
             data=self._data,
             kinship=kinship,
             vc_formula=self.vc_formula,
             eval_env=self._eval_env,
+        )
+
+    def _null_model(self, kinship: Any, phenotype: str | None) -> NullModel | EMLMM:
+        """A phenotype's null model: with one kinship, built without statsmodels' model
+        layer (:mod:`emlmm._fitting`); with several variance components, the model."""
+        if self.vc_formula or isinstance(kinship, dict):
+            model = self._statsmodels_model(kinship, phenotype)
+            if phenotype is None and not self.loco:
+                self._model = model
+            return model
+        return NullModel.from_formula(
+            self._formula_for(phenotype), self._data, kinship, self._eval_env
         )
 
     def _null_groups(self, part: _Part) -> list[_PhenotypeGroup]:
@@ -522,9 +548,11 @@ class GenomeScan:
                 null = model.fit_for_scan(self.maxiter, self.tol)
                 # Phenotypes on the same individuals share the spectrum object
                 # (shared_spectra) and the directions kept.
-                key = (tuple(model.data.row_labels), *_decomposition(null))
+                labels = pd.Index(
+                    model.row_labels if isinstance(model, NullModel) else model.data.row_labels
+                )
+                key = (tuple(labels), *_decomposition(null))
                 if key not in groups:
-                    labels = pd.Index(model.data.row_labels)
                     groups[key] = _PhenotypeGroup(labels, model, [], [], [])
                 group = groups[key]
                 group.names.append(name)
@@ -532,9 +560,9 @@ class GenomeScan:
                 group.nulls.append(null)
                 label = where if name is None else f"{name}, {where}"
                 if label not in self.null_estimates:
-                    self.null_estimates[label] = _null_estimates(model, self.maxiter, self.tol)
-                if self.phenotypes is None and not self.loco:
-                    self.null_model = model
+                    self.null_estimates[label] = _null_estimates(
+                        model, null, self.maxiter, self.tol
+                    )
         return list(groups.values())
 
     def _scanner(self, number: int) -> tuple[_Scanner | _PhenotypesScanner, Genotypes]:
@@ -575,11 +603,9 @@ class GenomeScan:
         return scanner, genotypes
 
     def _one_scanner(self, null: NullFit | ComponentsNullFit) -> _Scanner:
-        from emlmm.model import ComponentsNullFit
-
-        if isinstance(null, ComponentsNullFit):
-            return _ComponentScanner(null, self.method, self.maxiter, self.tol)
-        return _Scanner(null, self.method, self.maxiter, self.tol)
+        if isinstance(null, NullFit):
+            return _Scanner(null, self.method, self.maxiter, self.tol)
+        return _ComponentScanner(null, self.method, self.maxiter, self.tol)
 
     def _analysed_labels(self) -> pd.Index:
         """The individuals analysed for any phenotype, in ``data``'s order."""
@@ -1028,13 +1054,27 @@ def _received(offset: int, first: int, stop: int, task: Any) -> tuple[_Chunk, pd
     return _Chunk(offset + first, offset + stop, reasons, None, empty, None), table
 
 
-def _null_estimates(model: EMLMM, maxiter: int, tol: float) -> pd.DataFrame:
-    """The null model's REML and ML estimates, as GEMMA logs them."""
+def _null_estimates(
+    model: NullModel | EMLMM, null: NullFit | ComponentsNullFit, maxiter: int, tol: float
+) -> pd.DataFrame:
+    """The null model's REML and ML estimates, as GEMMA logs them: with one kinship,
+    those of the scan's own fits (what ``model.fit()`` gives, computed the same way);
+    with several components, the model's results."""
+    fits: tuple[tuple[str, Any], ...]
+    if isinstance(null, NullFit):
+        fits = (
+            ("REML", Estimates.of(null, null.reml, True, model.exog_names)),
+            ("ML", Estimates.of(null, null.ml, False, model.exog_names)),
+        )
+    else:
+        assert not isinstance(model, NullModel)
+        fits = (
+            ("REML", model.fit(reml=True, maxiter=maxiter, tol=tol)),
+            ("ML", model.fit(maxiter=maxiter, tol=tol)),
+        )
     rows = {}
-    for name, result in (
-        ("REML", model.fit(reml=True, maxiter=maxiter, tol=tol)),
-        ("ML", model.fit(maxiter=maxiter, tol=tol)),
-    ):
+    result: Any  # Estimates, or a model's results
+    for name, result in fits:
         if hasattr(result, "variance_components"):  # several components
             row = {f"sigma2[{name}]": value for name, value in result.variance_components.items()}
             row.update({f"share[{name}]": value for name, value in result.shares.items()})
@@ -1093,7 +1133,7 @@ def _gemma_table(labelled: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in table.items()})
 
 
-def _kinship_parts(model: EMLMM) -> list[Any]:
+def _kinship_parts(model: NullModel | EMLMM) -> list[Any]:
     """What a scan's record hashes for a null model's kinship: a low-rank kinship's
     factor, labelled so (``F F'`` is never formed), or the matrix."""
     factor = model.kinship_factor
@@ -1103,8 +1143,6 @@ def _kinship_parts(model: EMLMM) -> list[Any]:
 def _decomposition(null: NullFit | ComponentsNullFit) -> tuple[Any, ...]:
     """What identifies a null model's eigendecomposition and the directions it keeps:
     null models of several phenotypes that share it share each chunk's rotation."""
-    from emlmm.model import NullFit  # imported already: the null model was fitted
-
     if isinstance(null, NullFit):  # its spectrum object is shared (shared_spectra)
         kept = null.data.kept
         return id(null.spectrum), kept.start, kept.stop

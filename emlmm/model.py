@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike, NDArray
 from statsmodels.base.model import LikelihoodModel
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, ModelWarning
 
-from emlmm import _components, _em
+from emlmm import _components, _em, _fitting
 from emlmm._data import (
     align_kinship,
     capture_namespace,
@@ -24,11 +24,11 @@ from emlmm._data import (
     check_flag,
     check_formula_inputs,
     check_kinship,
-    check_numeric,
     check_positive,
     check_vc_formula,
 )
 from emlmm._design import FitData
+from emlmm._fitting import NullFit
 from emlmm._spectral import KinshipSpectrum
 from emlmm._threads import one_blas_thread
 from emlmm.kinship import LowRankKinship, outer_products
@@ -131,9 +131,7 @@ class EMLMM(LikelihoodModel):
         n_rows = len(missing_idx) if missing_idx is not None else len(endog)  # type: ignore[arg-type]
         self.components: _ComponentSpec | None = None
         if isinstance(kinship, dict) or exog_vc or kinship_ids is not None:
-            check_numeric("endog", endog)
-            check_numeric("exog", exog)
-            _check_complete_rows(endog, exog, missing)
+            _fitting.check_rows(endog, exog, missing)
             # A labelled kinship is aligned by label to the rows given here; from_formula
             # aligns it to its data (rows with missing values still in) itself.
             index = (
@@ -151,17 +149,9 @@ class EMLMM(LikelihoodModel):
             return
         if missing_idx is None and isinstance(endog, (pd.Series, pd.DataFrame)):
             kinship = align_kinship(kinship, endog.index)
-        check_numeric("endog", endog)
-        check_numeric("exog", exog)
-        _check_complete_rows(endog, exog, missing)
-        factor = None
-        if isinstance(kinship, LowRankKinship):
-            # The factor's rows follow the data's; statsmodels, which drops the rows and
-            # columns of a kinship with missing data, never sees it (n x k is not square).
-            factor = _factor_rows(kinship, n_rows, endog, exog, missing, missing_idx)
-            kinship = None
-        else:
-            kinship = check_kinship(kinship, n_rows)
+        # The factor's rows follow the data's; statsmodels, which drops the rows and
+        # columns of a kinship with missing data, never sees it (n x k is not square).
+        kinship, factor = _fitting.check_inputs(endog, exog, kinship, missing, missing_idx)
         super().__init__(endog, exog, missing=missing, kinship=kinship, **kwargs)
         if factor is not None:
             if factor.shape[0] != len(self.endog):
@@ -176,29 +166,9 @@ class EMLMM(LikelihoodModel):
             raise ValueError(f"endog must be one column; it has shape {self.endog.shape}")
         with np.errstate(over="ignore"):  # statsmodels names columns from their variance
             exog_names = self.exog_names
-        check_design(self.endog, self.exog, exog_names)
-        self.spectrum = (
-            KinshipSpectrum.from_kinship(self.kinship)
-            if factor is None
-            else KinshipSpectrum.from_factor(factor)
+        self.spectrum, self._fit_data = _fitting.spectrum_and_data(
+            self.endog, self.exog, exog_names, None if factor is not None else self.kinship, factor
         )
-        if self.spectrum.rank == 0:
-            raise ValueError("kinship is zero: it has no positive eigenvalue")
-        eigenvalues = self.spectrum.eigenvalues
-        if eigenvalues.max() - eigenvalues.min() <= 1e-8 * eigenvalues.max():
-            raise ValueError(
-                f"kinship is proportional to the identity (every eigenvalue is "
-                f"{eigenvalues.max():.6g}), so V = (c sigma2_a + sigma2_e) I and sigma2_a and "
-                "sigma2_e are not separately identifiable; fit OLS instead"
-            )
-        self._fit_data = FitData.build(self.spectrum, self.endog, self.exog)
-        ols_variance = float(_em.ols_estimate(self._fit_data.rotated, reml=False).sigma2_e)
-        # The data are scaled to a largest value near 1, so this threshold is relative.
-        if np.sqrt(ols_variance) <= 1e-10:
-            raise ValueError(
-                "endog is exactly a linear combination of exog (for example a constant "
-                "response with an intercept): there is no variance to model"
-            )
 
     #: The kinship as given (None with kinship ids), or formed from the factor.
     _kinship: Any = None
@@ -636,9 +606,9 @@ class EMLMM(LikelihoodModel):
                 self._fit_data, self._component_data, self.spectrum.eigenvectors,
                 ml_theta, reml_theta,
             )  # fmt: skip
-        ml, data = self._fit_trace(None, "accelerated", maxiter, tol, False, False)
-        reml, _ = self._fit_trace(None, "accelerated", maxiter, tol, True, False)
-        return NullFit(data, self.spectrum, ml.estimate, reml.estimate)
+        maxiter, checked_tol, _ = _check_fit_arguments(maxiter, tol, False)
+        tol = _em.DEFAULT_TOLERANCE if checked_tol is None else checked_tol
+        return _fitting.fit_null(self.spectrum, self._fit_data, maxiter, tol)
 
     def _fit_trace(
         self,
@@ -677,61 +647,17 @@ class EMLMM(LikelihoodModel):
             callback = lambda k, value: print(_lab_line(k + 1, value + offset))  # noqa: E731
         elif disp:
             callback = lambda k, value: _print_iteration(k, value + offset)  # noqa: E731
-        with one_blas_thread(data.rotated.k_exog):
-            trace = _em.fit_em(
-                data.rotated,
-                start,
-                reml=reml,
-                lab=lab,
-                maxiter=maxiter,
-                tol=tol,
-                accelerate=method == "accelerated",
-                callback=callback,
-            )
-        if not trace.converged.all():
-            warnings.warn(
-                f"EM did not converge in {maxiter} iterations (last log-likelihood "
-                f"{trace.llf_history[-1] + offset:.6f}); raise maxiter or loosen tol",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        trace = _fitting.run_em(
+            data,
+            start,
+            reml=reml,
+            method=method,
+            maxiter=maxiter,
+            tol=tol,
+            callback=callback,
+            stacklevel=3,
+        )
         return trace, data
-
-
-@dataclass(frozen=True)
-class NullFit:
-    """A fitted null model, as the values a genome scan needs (from
-    :meth:`emlmm.EMLMM.fit_for_scan`).
-
-    Everything is in the units of the model's numerics: scaled, rotated, and reduced
-    to the kinship's column space where the covariates absorb its null space;
-    ``data`` maps statistics back to the user's units.
-
-    Attributes
-    ----------
-    data : emlmm._design.FitData
-        The null model's scaled, rotated data and the maps back (an internal type:
-        its fields are documented in ``emlmm/_design.py``).
-    spectrum : emlmm._spectral.KinshipSpectrum
-        The kinship's eigendecomposition (internal; from a
-        :class:`~emlmm.LowRankKinship`, its eigenvectors held implicitly).
-    ml, reml : emlmm._em.Estimate
-        The maximum-likelihood and REML estimates (internal: ``beta``, ``sigma2_a``
-        and ``sigma2_e`` in the units of ``data``).
-    """
-
-    data: FitData
-    spectrum: KinshipSpectrum
-    ml: _em.Estimate
-    reml: _em.Estimate
-
-    @property
-    def eigenvectors(self) -> NDArray[np.float64]:
-        """The kinship's eigenvectors for the directions in ``data`` (n x (n - n0)): a
-        SNP's rotated genotypes are ``g @ eigenvectors``. Formed on first use from a
-        low-rank kinship's factor (a scan rotates by the eigenvectors of non-zero
-        eigenvalues only, and holds the null space in a few rows)."""
-        return self.spectrum.columns(self.data.kept)
 
 
 def _check_fit_arguments(maxiter: Any, tol: Any, reml: Any) -> tuple[int, float | None, bool]:
@@ -741,21 +667,6 @@ def _check_fit_arguments(maxiter: Any, tol: Any, reml: Any) -> tuple[int, float 
         None if tol is None else check_positive("tol", tol),
         check_flag("reml", reml),
     )
-
-
-def _check_complete_rows(endog: Any, exog: Any, missing: str) -> None:
-    """Fail clearly, before statsmodels does obscurely, when no complete row is left."""
-    complete = np.zeros(0, dtype=bool)
-    if len(endog) > 0:
-        complete = np.isfinite(np.asarray(endog, dtype=float)).reshape(len(endog), -1).all(axis=1)
-        if missing == "drop":
-            complete &= (
-                np.isfinite(np.asarray(exog, dtype=float)).reshape(len(exog), -1).all(axis=1)
-            )
-    if not complete.any():
-        raise ValueError(
-            "no observations left: every row has a missing value in the response or a covariate"
-        )
 
 
 def _lab_line(iteration: int, log_l: float) -> str:
@@ -897,33 +808,6 @@ def _dense(kinship: Any) -> Any:
     if isinstance(kinship, dict):
         return {name: _dense(matrix) for name, matrix in kinship.items()}
     return kinship.to_dense() if isinstance(kinship, LowRankKinship) else kinship
-
-
-def _factor_rows(
-    kinship: LowRankKinship,
-    n_rows: int,
-    endog: Any,
-    exog: Any,
-    missing: str,
-    missing_idx: Any,
-) -> NDArray[np.float64]:
-    """A low-rank kinship's factor rows for the rows the model keeps."""
-    factor = kinship.factor
-    if factor.shape[0] != n_rows:
-        raise ValueError(
-            f"the kinship's factor has {factor.shape[0]} rows but the data have {n_rows} "
-            "observations; it must have one row per individual, in the same order (or be "
-            "labelled by the data's index)"
-        )
-    if missing_idx is not None:  # from_formula: the rows patsy dropped
-        return factor[~np.asarray(missing_idx, dtype=bool)]
-    if missing == "drop":
-        values = [np.asarray(endog, dtype=float), np.asarray(exog, dtype=float)]
-        complete = np.ones(n_rows, dtype=bool)
-        for array in values:
-            complete &= ~np.isnan(array.reshape(n_rows, -1)).any(axis=1)
-        return factor[complete]
-    return factor
 
 
 def _drop_rows(

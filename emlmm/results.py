@@ -17,7 +17,7 @@ from statsmodels.iolib.summary import Summary
 from statsmodels.iolib.table import SimpleTable
 from statsmodels.iolib.tableformatting import fmt_params
 
-from emlmm import _blup, _components, _em
+from emlmm import _blup, _components, _em, _fitting
 
 if TYPE_CHECKING:
     from emlmm._design import FitData
@@ -173,13 +173,8 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         # ``trace`` is in the units of ``fit_data``'s numerics (scaled, and reduced to
         # the kinship's column space where the covariates absorb its null space).
         estimate = trace.estimate
-        data = fit_data.rotated
-        variances = _em.marginal_variances(data, estimate.sigma2_a, estimate.sigma2_e)
-        _, cov_gamma, _ = _em.gls(data, variances)
         params, sigma2_a, sigma2_e = fit_data.to_user(estimate)
-        self._scaled_cov_beta = fit_data.coefficient_covariance(
-            cov_gamma, float(estimate.sigma2_e)
-        )
+        self._scaled_cov_beta = _fitting.coefficient_covariance(fit_data, estimate)
         scales = fit_data.coefficient_scales
         with np.errstate(over="ignore"):  # inf beyond the largest float; bse stays exact
             cov_beta = self._scaled_cov_beta * scales[:, None] * scales[None, :]
@@ -212,7 +207,7 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         kinship's column space, ``n - n0`` dimensional: the full likelihood has no
         maximum there (see :ref:`the boundary tutorial <boundary-singular>`).
         """
-        return self._criterion + self._fit_data.llf_offset(self.reml)
+        return _fitting.log_likelihood(self._fit_data, self._estimate, self.reml)
 
     @cached_property
     def _criterion(self) -> float:
@@ -266,9 +261,7 @@ class EMLMMResults(_InformationCriteria, LikelihoodModelResults):
         kinship, so that h2 is the heritability for a kinship scaled like a
         genomic relationship matrix.
         """
-        estimate = self._estimate  # scale-free, so computed in the numerics' units
-        scaled = float(estimate.sigma2_a) * self.model.spectrum.mean_diagonal
-        return scaled / (scaled + float(estimate.sigma2_e))
+        return _fitting.heritability(self._estimate, self.model.spectrum.mean_diagonal)
 
     @cached_property
     def bse_h2(self) -> float:

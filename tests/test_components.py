@@ -358,7 +358,7 @@ def test_vc_formula_of_the_wrong_type(mice, vc_formula, message):
 def test_components_that_coincide_are_named(mice):
     # A kinship proportional to the identity is the residual again: the variances
     # cannot be told apart, and the fit says so instead of failing to invert.
-    data, kinship = mice
+    data, _ = mice
     identity = pd.DataFrame(np.eye(len(data)), index=data.index, columns=data.index)
     with pytest.raises(ValueError, match=r"not identifiable.*Components: kinship, cage, residual"):
         EMLMM.from_formula(

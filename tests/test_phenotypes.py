@@ -232,5 +232,6 @@ def test_phenotype_individuals_is_empty_for_one_response(study):
 def test_non_numeric_phenotypes_are_named(study):
     data, frame, related = study
     odd = data.assign(label="a", flag=data.y1 > 0)
-    with pytest.raises(TypeError, match=r"phenotypes must be numeric columns; 'label', 'flag' are"):
+    message = r"phenotypes must be numeric columns; 'label', 'flag' are"
+    with pytest.raises(TypeError, match=message):
         GenomeScan("~ 1 + snp", odd, frame, related, phenotypes=["y1", "label", "flag"])

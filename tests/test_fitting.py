@@ -1,6 +1,6 @@
 """A scan's null models are built without statsmodels' model layer (emlmm._fitting):
 the same rows, arrays, kinship, decomposition, fits, log table and errors as
-EMLMM.from_formula, and no import of statsmodels.base.model or scipy.stats."""
+EMLMM.from_formula, and no import of statsmodels' model and formula layers."""
 
 import subprocess
 import sys
@@ -166,7 +166,7 @@ def test_bad_inputs_fail_alike(change, error):
     assert str(ours.value) == str(theirs.value)
 
 
-def test_a_scan_imports_neither_the_model_layer_nor_scipy_stats():
+def test_a_scan_imports_neither_the_model_layer_nor_scipy_stats_nor_formulaic():
     code = """
 import sys, warnings
 import numpy as np, pandas as pd
@@ -179,7 +179,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     table = gwas("y ~ 1 + x + snp", data, snps[:, 20:], kinship)
 assert table.p_lrt.notna().all()
-print(sorted(m for m in ("statsmodels.base.model", "scipy.stats") if m in sys.modules))
+layers = ("statsmodels.base.model", "scipy.stats", "statsmodels.formula", "formulaic")
+print(sorted(m for m in layers if m in sys.modules))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)  # fmt: skip

@@ -1581,7 +1581,7 @@ class _Scanner:
         null_fixed = _em.Estimate.of(_em.gls(full, variances)[0], reml.sigma2_a, reml.sigma2_e)
         self.null_fixed_llf = float(_em.log_likelihood(full, null_fixed))
         self.n_total = full.nobs
-        self.rotation, self.null_basis, self.null_data = _compressed(
+        self._directions, self._width, self.null_data = _compressed(
             full, null.spectrum, null.data.kept
         )
         self.score_test = _ScoreTest.at(self.null_data, self.null_ml, self.n_total)
@@ -1593,7 +1593,25 @@ class _Scanner:
         ``summary`` is its :class:`~emlmm.genotypes.ColumnSummary`, if known)."""
         summary = ColumnSummary.of(block) if summary is None else summary
         imputed = summary.imputed(block)
-        return self.scan_rotated(summary, imputed, rotate_block(imputed, self.rotation))
+        # One product rotates the SNPs and (low rank) gives their null-space coordinates.
+        both = rotate_block(imputed, self._directions)
+        width = self._width
+        along = None if both.shape[1] == width else both[:, width:]
+        return self._scan_rotated(summary, imputed, both[:, :width], along)
+
+    @property
+    def rotation(self) -> NDArray[np.float64]:
+        """The eigenvectors SNPs are rotated by (``n x r``; with a low-rank kinship those
+        of its non-zero eigenvalues only)."""
+        return self._directions[:, : self._width]
+
+    @property
+    def null_basis(self) -> NDArray[np.float64] | None:
+        """With a low-rank kinship, the null space's basis :func:`_compressed` keeps
+        (``n x (p + 1)``, individuals' coordinates); else None."""
+        if self._directions.shape[1] == self._width:
+            return None
+        return self._directions[:, self._width :]
 
     def scan_rotated(
         self,
@@ -1604,7 +1622,18 @@ class _Scanner:
         """A chunk's table from its summary, its imputed genotypes and their rotation
         (:func:`rotate_block`), which scanners of several phenotypes on the same
         individuals share."""
-        rotated = self._complete(imputed, rotated)
+        basis = self.null_basis
+        along = None if basis is None else imputed.T @ basis
+        return self._scan_rotated(summary, imputed, rotated, along)
+
+    def _scan_rotated(
+        self,
+        summary: ColumnSummary,
+        imputed: NDArray[np.float64],
+        rotated: NDArray[np.float64],
+        along: NDArray[np.float64] | None,
+    ) -> pd.DataFrame:
+        rotated = self._complete(imputed, rotated, along)
         count = imputed.shape[1]
         notes = self._notes(summary, rotated).astype(object)
         good = np.nonzero(notes == "")[0]
@@ -1642,15 +1671,18 @@ class _Scanner:
         )
 
     def _complete(
-        self, imputed: NDArray[np.float64], rotated: NDArray[np.float64]
+        self,
+        imputed: NDArray[np.float64],
+        rotated: NDArray[np.float64],
+        along: NDArray[np.float64] | None,
     ) -> NDArray[np.float64]:
         """With a low-rank kinship, the rotated SNPs (``k x r``, by the eigenvectors of
         non-zero eigenvalues) completed by their coordinates in the null space: on the
-        covariates' and response's projections there (:attr:`null_basis`), and the
-        length of what is left, orthogonal to everything else (:func:`_compressed`)."""
-        if self.null_basis is None:
+        covariates' and response's projections there (``along``, by :attr:`null_basis`),
+        and the length of what is left, orthogonal to everything else
+        (:func:`_compressed`)."""
+        if along is None:
             return rotated
-        along = imputed.T @ self.null_basis
         sizes = np.einsum("nk,nk->k", imputed, imputed)
         rest = (
             sizes - np.einsum("kr,kr->k", rotated, rotated) - np.einsum("kq,kq->k", along, along)
@@ -1868,7 +1900,8 @@ class _ComponentScanner(_Scanner):
     def __init__(self, null: ComponentsNullFit, method: ScanMethod, maxiter: int, tol: float):
         self.method, self.maxiter, self.tol = method, maxiter, tol
         self.fit_data = null.data
-        self.rotation, self.null_basis = null.eigenvectors, None
+        self._directions = null.eigenvectors
+        self._width = self._directions.shape[1]
         self.null_data = null.data.rotated
         self.n_total = self.null_data.nobs
         self.components = null.components
@@ -2014,8 +2047,9 @@ _RESIDUAL_ROUNDING = 1e3 * float(np.finfo(float).eps)
 
 def _compressed(
     full: _em.RotatedData, spectrum: KinshipSpectrum, kept: slice
-) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, _em.RotatedData]:
-    """The rotation a scan applies to SNPs, and the null model's data it fits them with.
+) -> tuple[NDArray[np.float64], int, _em.RotatedData]:
+    """The directions a scan projects SNPs on, how many of them rotate (the rest are
+    ``null_basis``), and the null model's data it fits them with.
 
     ``full`` holds the eigen-directions ``kept`` of ``spectrum``. Where the kinship has
     more zero eigenvalues than the null model has columns (a low-rank kinship,
@@ -2028,12 +2062,14 @@ def _compressed(
     left; a last row, zero for the shared columns, holds that length. SNPs are then
     rotated by the ``n - n0`` other eigenvectors only, plus ``Q`` (``null_basis``, in
     the individuals' coordinates): no null-space eigenvector is formed. Otherwise
-    nothing changes: the rotation is every kept eigenvector and ``null_basis`` is None.
+    nothing changes: the rotation is every kept eigenvector and there is no
+    ``null_basis``. The two are held side by side, so that one product gives both.
     """
     zero = full.eigenvalues == 0.0
     p, n_zero = full.k_exog, int(np.count_nonzero(zero))
     if n_zero <= 2 * (p + 2):
-        return spectrum.columns(kept), None, full
+        rotation = spectrum.columns(kept)
+        return rotation, rotation.shape[1], full
     # The zeros come first (a KinshipSpectrum's eigenvalues are sorted).
     assert zero[:n_zero].all(), "eigenvalues must be sorted increasing"
     shared = np.column_stack([full.exog[zero], full.endog[zero]])
@@ -2044,11 +2080,12 @@ def _compressed(
     eigenvalues = np.concatenate([full.eigenvalues[~zero], np.zeros(rows + 1)])
     placed = np.zeros((spectrum.n, basis.shape[1]))
     placed[kept][:n_zero] = basis  # the null space's eigenvectors times basis
-    return (
-        spectrum.nonzero_columns(kept),
-        spectrum.unrotate(placed),
-        _em.RotatedData.build(endog, exog, eigenvalues),
-    )
+    rotation = spectrum.nonzero_columns(kept)
+    width = rotation.shape[1]
+    directions = np.empty((spectrum.n, width + basis.shape[1]))
+    directions[:, :width] = rotation
+    directions[:, width:] = spectrum.unrotate(placed)
+    return directions, width, _em.RotatedData.build(endog, exog, eigenvalues)
 
 
 @dataclass(frozen=True)

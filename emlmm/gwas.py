@@ -782,7 +782,10 @@ class GenomeScan:
         if "phenotype" in table.columns:  # a row per SNP and phenotype
             snps, first = snps.iloc[table.index.to_numpy()], ["phenotype"]
         table.index = snps.index
-        return pd.concat([snps[known], table], axis=1)[[*first, *known, *COLUMNS, "l_remle"]]
+        columns = [*first, *known, *COLUMNS, "l_remle"]
+        if not known and list(table.columns) == columns:
+            return table  # nothing to add (SNPs without positions): no copy
+        return pd.concat([snps[known], table], axis=1)[columns]
 
     def run(
         self,

@@ -372,3 +372,13 @@ class NullModel:
     def fit_for_scan(self, maxiter: int, tol: float) -> NullFit:
         """The ML and REML fits (as :meth:`emlmm.EMLMM.fit_for_scan`)."""
         return fit_null(self.spectrum, self.fit_data, maxiter, tol)
+
+    @property
+    def decomposed(self) -> tuple[str, Array, KinshipSpectrum]:
+        """What was decomposed (the kind, ``"kinship"`` or ``"factor"``, and the matrix)
+        and its spectrum, for :func:`emlmm._spectral.shared_spectra`'s ``known``: the
+        model built from the same formula then reuses the decomposition."""
+        if self.kinship_factor is not None:
+            return "factor", self.kinship_factor, self.spectrum
+        assert self.kinship is not None
+        return "kinship", self.kinship, self.spectrum

@@ -7,7 +7,7 @@ eigenbasis of the kinship, where ``V = sigma2_a * A + sigma2_e * I`` is diagonal
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +29,14 @@ _by_object: dict[tuple[int, str], tuple[Any, Any]] | None = None
 
 
 @contextmanager
-def shared_spectra() -> Iterator[None]:
+def shared_spectra(
+    known: Iterable[tuple[str, NDArray[np.float64], KinshipSpectrum]] = (),
+) -> Iterator[None]:
     """Within this block, a kinship equal (bit for bit) to one already decomposed
     reuses that eigendecomposition instead of computing it again, and a kinship object
-    already checked (:func:`remembered`) is not checked again.
+    already checked (:func:`remembered`) is not checked again. ``known`` gives spectra
+    computed before, as ``(kind, matrix, spectrum)``: kind ``"kinship"`` for a matrix,
+    ``"factor"`` for a :meth:`KinshipSpectrum.from_factor` factor.
 
     A scan of several phenotypes builds one null model per phenotype; those analysed
     on the same individuals see the same kinship, which is then checked and
@@ -43,6 +47,8 @@ def shared_spectra() -> Iterator[None]:
     outer = (_shared, _by_object)
     if _shared is None:
         _shared, _by_object = {}, {}
+    for kind, matrix, spectrum in known:
+        _shared[_content_key(kind, matrix)] = spectrum
     try:
         yield
     finally:
@@ -67,11 +73,16 @@ def _by_content(
     there from a ``kind`` of matrix equal to ``matrix`` bit for bit."""
     if _shared is None:
         return compute()
-    contiguous = np.ascontiguousarray(matrix, dtype=np.float64)
-    key = ((kind, *contiguous.shape), hashlib.blake2b(contiguous.data, digest_size=32).digest())
+    key = _content_key(kind, matrix)
     if key not in _shared:
         _shared[key] = compute()
     return _shared[key]
+
+
+def _content_key(kind: str, matrix: NDArray[np.float64]) -> tuple[tuple[Any, ...], bytes]:
+    """A matrix's kind, shape and content hash."""
+    contiguous = np.ascontiguousarray(matrix, dtype=np.float64)
+    return (kind, *contiguous.shape), hashlib.blake2b(contiguous.data, digest_size=32).digest()
 
 
 def pseudo_inverse_tolerance(largest_eigenvalue: float) -> float:

@@ -501,7 +501,13 @@ class GenomeScan:
         if self.loco or self.phenotypes is not None:
             return None
         if self._model is None:
-            self._model = self._statsmodels_model(self._kinship, None)
+            self._analysed_labels()  # the null model is fitted
+            assert self._first_groups is not None
+            fitted = self._first_groups[0].model
+            # The model's kinship is the scan's, bit for bit: its decomposition is reused.
+            known = [fitted.decomposed] if isinstance(fitted, NullModel) else []
+            with shared_spectra(known):
+                self._model = self._statsmodels_model(self._kinship, None)
         return self._model
 
     def _formula_for(self, phenotype: str | None) -> str:

@@ -198,3 +198,31 @@ def test_an_unconverged_null_fit_warns_from_either_route():
         assert len(caught) == 2  # ML and REML
         messages = [str(w.message) for w in caught]
         assert all(m.startswith("EM did not converge in 1 iterations") for m in messages)
+
+
+@pytest.mark.parametrize("kinship", ["labelled", "low rank"])
+def test_the_model_asked_for_reuses_the_scans_decomposition(kinship, monkeypatch):
+    from emlmm._spectral import KinshipSpectrum
+
+    data, frame = _study(seed=5)
+    if kinship == "low rank":
+        frame = _factor(frame)
+    genotypes = pd.DataFrame(
+        np.random.default_rng(2).binomial(2, 0.4, size=(len(data), 3)).astype(float),
+        index=data.index,
+    )
+    scan = GenomeScan("y ~ 1 + x + snp", data, genotypes, frame)
+    calls = []
+    for name in ("_decompose", "_from_factor"):
+        original = getattr(KinshipSpectrum, name).__func__
+        monkeypatch.setattr(
+            KinshipSpectrum, name,
+            classmethod(lambda cls, m, f=original, n=name: calls.append(n) or f(cls, m)),
+        )  # fmt: skip
+    model = scan.null_model
+    assert calls == []  # nothing decomposed again
+    assert model is scan.null_model
+    again = EMLMM.from_formula("y ~ 1 + x", data, kinship=frame)  # outside: decomposed
+    assert len(calls) == 1
+    np.testing.assert_array_equal(model.spectrum.eigenvalues, again.spectrum.eigenvalues)
+    assert model.fit().llf == again.fit().llf

@@ -9,7 +9,7 @@ so its rank is k < n. Both scans (exact, the default) start from the same inputs
 memory: the factor, or the dense n x n matrix F F' (to_dense(), made outside the
 timing), and each builds its own GenomeScan (checks, eigenbasis, null model) and tests
 every SNP. One untimed scan of 50 SNPs with each comes first (the first scan in a
-process imports the model layer). Runs alternate; the medians are compared (target: low rank <= 0.25x dense at
+process pays one-time costs, such as imports). Runs alternate; the medians are compared (target: low rank <= 0.25x dense at
 n = 3,000, k = 300), and the p-values must agree to 1e-5 in log10.
 
     python benchmarks/low_rank.py --memory --n 20000 --k 500 --m 2000
@@ -73,7 +73,7 @@ def main() -> None:
         return time.perf_counter() - t, table
 
     # One untimed scan of a few SNPs with each first: the first scan in a process
-    # pays one-time costs (importing the model layer) that neither route should carry.
+    # pays one-time costs (imports, finding the thread pools) that neither route should carry.
     for kinship in (factor, dense):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

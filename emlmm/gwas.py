@@ -62,7 +62,7 @@ from emlmm.genotypes import (
 )
 from emlmm.kinship import kinship_sum
 
-if TYPE_CHECKING:  # the model (and statsmodels' model layer) is imported when a scan fits
+if TYPE_CHECKING:  # the model layer is imported only for several variance components
     from emlmm.model import EMLMM, ComponentsNullFit
 
 __all__ = ["COLUMNS", "GenomeScan", "ScanFileError", "ScanOutput", "ScanSummary", "gwas"]

@@ -1482,15 +1482,27 @@ def gwas(
 
 def count_failures(table: pd.DataFrame) -> tuple[int, int]:
     """SNPs of a result table whose fit failed, and those whose fit did not converge."""
-    failed = int(table.note.str.startswith("failed").sum())
-    unconverged = int((~table.converged & (table.note == "")).sum())
+    noted = table.note.to_numpy(dtype=object) != ""
+    failed = int(np.count_nonzero(_failed(table.note, noted)))
+    unconverged = int(np.count_nonzero(~table.converged.to_numpy(dtype=bool) & ~noted))
     return failed, unconverged
+
+
+def _failed(notes: pd.Series, noted: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Which notes say a fit failed (only the few ``noted`` ones are read as text)."""
+    failed = np.zeros(len(notes), dtype=bool)
+    where = np.flatnonzero(noted)
+    failed[where] = [str(note).startswith("failed") for note in notes.to_numpy()[where]]
+    return failed
 
 
 def warn_failures(table: pd.DataFrame, stacklevel: int = 2) -> None:
     """A warning with the count of SNPs whose statistics could not be computed."""
     failed, unconverged = count_failures(table)
-    first = table.note[table.note.str.startswith("failed")].iloc[0] if failed else ""
+    first = ""
+    if failed:
+        noted = table.note.to_numpy(dtype=object) != ""
+        first = table.note[_failed(table.note, noted)].iloc[0]
     _warn_counts(failed, unconverged, len(table), f"; the first: {first}", stacklevel + 1)
 
 

@@ -126,6 +126,51 @@ def check_formula_inputs(formula: Any, data: Any) -> None:
         pass  # named, with the formula, where the design is built
 
 
+def formula_data(data: Any) -> Any:
+    """``data`` (a DataFrame) with pandas' nullable columns as the NumPy columns patsy
+    reads: integers (``Int64``, ...) as int64, or float64 where a value is missing;
+    ``Float64`` as float64; ``boolean`` as bool, or objects (True, False, None) where a
+    value is missing. A missing value (``pd.NA``) becomes NaN or None, which a formula
+    drops as it drops any other. patsy itself fails on these columns with messages
+    that do not name them (``boolean value of NA is ambiguous``). Anything else, and
+    data without such columns, is returned as it is.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from emlmm._data import formula_data
+    >>> frame = pd.DataFrame({"n": pd.array([1, None], dtype="Int64"),
+    ...                       "b": pd.array([True, False], dtype="boolean")})
+    >>> formula_data(frame).dtypes.tolist()
+    [dtype('float64'), dtype('bool')]
+    """
+    if not isinstance(data, pd.DataFrame):
+        return data
+    converted: dict[Any, Any] = {}
+    for name in data.columns:
+        column = data[name]
+        dtype = column.dtype
+        if not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            continue
+        missing = bool(column.isna().any())
+        if isinstance(dtype, pd.BooleanDtype):
+            converted[name] = (
+                column.astype(object).where(column.notna(), None)
+                if missing
+                else column.to_numpy(dtype=bool)
+            )
+        elif pd.api.types.is_integer_dtype(dtype) and not missing:
+            converted[name] = column.to_numpy(dtype=np.int64)
+        elif pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+            converted[name] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not converted:
+        return data
+    result = data.copy(deep=False)
+    for name, values in converted.items():
+        result[name] = values
+    return result
+
+
 def check_vc_formula(vc_formula: Any) -> dict[str, str] | None:
     """Extra variance components, as ``{name: formula}`` (None or empty: none)."""
     if vc_formula is None:

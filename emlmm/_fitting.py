@@ -24,7 +24,13 @@ from numpy.typing import NDArray
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from emlmm import _blup, _em
-from emlmm._data import align_kinship, check_design, check_kinship, check_numeric
+from emlmm._data import (
+    align_kinship,
+    check_design,
+    check_kinship,
+    check_numeric,
+    formula_data,
+)
 from emlmm._design import FitData
 from emlmm._spectral import KinshipSpectrum
 from emlmm._threads import one_blas_thread
@@ -345,7 +351,7 @@ class NullModel:
         """As ``EMLMM.from_formula(formula, data, kinship, eval_env=eval_env)`` for one
         kinship (a matrix, a labelled DataFrame or a :class:`~emlmm.LowRankKinship`)
         and a captured ``eval_env`` (:func:`_formula_frames`), then the model's checks."""
-        data = pd.DataFrame(data) if isinstance(data, dict) else data
+        data = formula_data(pd.DataFrame(data) if isinstance(data, dict) else data)
         kinship = align_kinship(kinship, data.index)
         endog_frame, exog_frame, missing_idx = _formula_frames(formula, data, eval_env)
         if endog_frame.ndim > 1 and endog_frame.shape[1] > 1:

@@ -45,6 +45,7 @@ from emlmm._data import (
     check_formula_inputs,
     check_positive,
     check_vc_formula,
+    formula_data,
     repeated_labels,
 )
 from emlmm._fitting import Estimates, NullFit, NullModel
@@ -372,7 +373,7 @@ class GenomeScan:
         if isinstance(eval_env, (int, np.integer)) and not isinstance(eval_env, bool):
             eval_env = capture_namespace(check_count("eval_env", eval_env, 0))
         self._eval_env = eval_env
-        self._data = data
+        self._data = formula_data(data)
         self._null_formula = _null_formula(formula)
         source = Genotypes.from_any(genotypes, chromosomes)
         self.snps: pd.DataFrame = source.snps

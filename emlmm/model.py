@@ -26,6 +26,7 @@ from emlmm._data import (
     check_kinship,
     check_positive,
     check_vc_formula,
+    formula_data,
 )
 from emlmm._design import FitData
 from emlmm._fitting import NullFit
@@ -383,7 +384,7 @@ class EMLMM(LikelihoodModel):
         """
         check_formula_inputs(formula, data)
         vc_formula = check_vc_formula(vc_formula)
-        data = pd.DataFrame(data) if isinstance(data, dict) else data
+        data = formula_data(pd.DataFrame(data) if isinstance(data, dict) else data)
         if subset is not None:
             data = data.loc[subset]
         several = isinstance(kinship, dict) or bool(vc_formula) or kinship_ids is not None

@@ -226,3 +226,46 @@ def test_the_model_asked_for_reuses_the_scans_decomposition(kinship, monkeypatch
     assert len(calls) == 1
     np.testing.assert_array_equal(model.spectrum.eigenvalues, again.spectrum.eigenvalues)
     assert model.fit().llf == again.fit().llf
+
+
+def _nullable(data):
+    """``data`` with pandas' nullable columns, missing values as pd.NA, and its NumPy
+    twin (NaN and None), which patsy has always read."""
+    rng = np.random.default_rng(12)
+    n = len(data)
+    count = rng.integers(0, 4, size=n)
+    level = rng.integers(1, 4, size=n)
+    flag = rng.random(n) < 0.5
+    gaps = rng.random(n) < 0.05
+    nullable = data.assign(
+        y=pd.array(data.y, dtype="Float64"),
+        count=pd.array(np.where(gaps, None, count), dtype="Int64"),
+        flag=pd.array(np.where(rng.random(n) < 0.05, None, flag), dtype="boolean"),
+        level=pd.array(level, dtype="Int64"),
+    )
+    numpy = data.assign(
+        count=np.where(gaps, np.nan, count),
+        flag=np.where(nullable.flag.isna(), None, flag).astype(object),
+        level=level,
+    )
+    return nullable, numpy
+
+
+def test_pandas_nullable_columns_read_as_their_numpy_twins():
+    data, frame = _study(seed=10)
+    nullable, numpy = _nullable(data)
+    formula = "y ~ 1 + x + count + flag + C(level)"
+    twin = EMLMM.from_formula(formula, numpy, kinship=frame)
+    model = EMLMM.from_formula(formula, nullable, kinship=frame)  # patsy alone fails here
+    light = NullModel.from_formula(formula, nullable, frame, eval_env={})
+    assert len(twin.endog) < len(data) - 5  # the NA rows are dropped as NaN/None ones
+    for built, labels in ((model, model.data.row_labels), (light, light.row_labels)):
+        assert list(labels) == list(twin.data.row_labels)
+        assert list(built.exog_names) == list(twin.exog_names)
+        assert np.array_equal(built.endog, twin.endog) and np.array_equal(built.exog, twin.exog)
+    genotypes = pd.DataFrame(
+        np.random.default_rng(3).binomial(2, 0.4, size=(len(data), 4)).astype(float),
+        index=data.index,
+    )
+    scans = [GenomeScan(f"{formula} + snp", d, genotypes, frame).run() for d in (nullable, numpy)]
+    pd.testing.assert_frame_equal(scans[0], scans[1])

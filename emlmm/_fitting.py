@@ -333,7 +333,6 @@ class NullModel:
     :meth:`emlmm.EMLMM.from_formula` would hold (the same rows, arrays, kinship and
     eigendecomposition, through the same checks), for a genome scan's null model."""
 
-    formula: str
     row_labels: pd.Index
     endog: Array
     exog: Array
@@ -371,9 +370,8 @@ class NullModel:
         names = [str(name) for name in exog_frame.columns]
         spectrum, fit_data = spectrum_and_data(endog, exog, names, matrix, factor)
         return cls(
-            formula, pd.Index(endog_frame.index), endog, exog, names, matrix, factor,
-            spectrum, fit_data,
-        )  # fmt: skip
+            pd.Index(endog_frame.index), endog, exog, names, matrix, factor, spectrum, fit_data
+        )
 
     def fit_for_scan(self, maxiter: int, tol: float) -> NullFit:
         """The ML and REML fits (as :meth:`emlmm.EMLMM.fit_for_scan`)."""

@@ -1483,28 +1483,32 @@ def gwas(
 
 def count_failures(table: pd.DataFrame) -> tuple[int, int]:
     """SNPs of a result table whose fit failed, and those whose fit did not converge."""
-    noted = table.note.to_numpy(dtype=object) != ""
-    failed = int(np.count_nonzero(_failed(table.note, noted)))
-    unconverged = int(np.count_nonzero(~table.converged.to_numpy(dtype=bool) & ~noted))
-    return failed, unconverged
+    failed, unconverged = _failures(table)
+    return int(np.count_nonzero(failed)), int(np.count_nonzero(unconverged))
 
 
-def _failed(notes: pd.Series, noted: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Which notes say a fit failed (only the few ``noted`` ones are read as text)."""
+def _failures(table: pd.DataFrame) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Which SNPs' fits failed, and which did not converge (without a note); only the
+    few notes that are not empty are read as text."""
+    notes = table.note.to_numpy(dtype=object)
+    noted = notes != ""
     failed = np.zeros(len(notes), dtype=bool)
     where = np.flatnonzero(noted)
-    failed[where] = [str(note).startswith("failed") for note in notes.to_numpy()[where]]
-    return failed
+    failed[where] = [str(note).startswith("failed") for note in notes[where]]
+    return failed, ~table.converged.to_numpy(dtype=bool) & ~noted
 
 
 def warn_failures(table: pd.DataFrame, stacklevel: int = 2) -> None:
     """A warning with the count of SNPs whose statistics could not be computed."""
-    failed, unconverged = count_failures(table)
-    first = ""
-    if failed:
-        noted = table.note.to_numpy(dtype=object) != ""
-        first = table.note[_failed(table.note, noted)].iloc[0]
-    _warn_counts(failed, unconverged, len(table), f"; the first: {first}", stacklevel + 1)
+    failed, unconverged = _failures(table)
+    first = table.note[failed].iloc[0] if failed.any() else ""
+    _warn_counts(
+        int(np.count_nonzero(failed)),
+        int(np.count_nonzero(unconverged)),
+        len(table),
+        f"; the first: {first}",
+        stacklevel + 1,
+    )
 
 
 def _warn_counts(failed: int, unconverged: int, total: int, first: str, stacklevel: int) -> None:

@@ -22,10 +22,23 @@ SMALL = 512
 
 def one_blas_thread(columns: int) -> AbstractContextManager[Any]:
     """One BLAS thread while a fit with ``columns`` columns runs (none changed for
-    large ones)."""
-    if columns >= SMALL:
+    large ones, or where BLAS runs one already: a scan's threads may be in BLAS then,
+    and the limit is left alone while they are)."""
+    if columns >= SMALL or blas_threads() <= 1:
         return nullcontext()
-    return _controller().limit(limits=1, user_api="blas")
+    return blas_limited(1)
+
+
+def blas_limited(threads: int) -> AbstractContextManager[Any]:
+    """At most ``threads`` BLAS threads inside the block."""
+    return _controller().limit(limits=threads, user_api="blas")
+
+
+def blas_threads() -> int:
+    """The most threads a BLAS library of the process may run now (1 if none is
+    loaded)."""
+    controllers = _controller().select(user_api="blas").lib_controllers
+    return max((int(controller.num_threads) for controller in controllers), default=1)
 
 
 @cache

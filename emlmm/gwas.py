@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -51,7 +53,7 @@ from emlmm._data import (
 from emlmm._fitting import Estimates, NullFit, NullModel
 from emlmm._malloc import held_memory
 from emlmm._spectral import KinshipSpectrum, shared_spectra
-from emlmm._threads import one_blas_thread
+from emlmm._threads import blas_limited, blas_threads, one_blas_thread
 from emlmm.genotypes import (
     FILTER_REASONS,
     SNP_COLUMNS,
@@ -713,9 +715,7 @@ class GenomeScan:
         check_choice("format", format, ("emlmm", "gemma"))
         report = _Progress(self.n_snps) if progress is True else (progress or None)
         results = (
-            ((chunk, _scan_chunk(chunk)) for chunk in self._chunks(start))
-            if client is None
-            else self._distributed(client, start)
+            _scanned(self._chunks(start)) if client is None else self._distributed(client, start)
         )
         for chunk, table in results:
             labelled = self._labelled(chunk, table)
@@ -1617,10 +1617,22 @@ class _Scanner:
     ) -> pd.DataFrame:
         """A chunk's table (one row per column of ``block``, individuals x SNPs;
         ``summary`` is its :class:`~emlmm.genotypes.ColumnSummary`, if known)."""
+        return self.scan_rotation(self.rotation_of(block, summary))
+
+    def rotation_of(
+        self, block: NDArray[np.float64], summary: ColumnSummary | None = None, pieces: int = 1
+    ) -> _Rotation:
+        """The chunk's rotation, to compute (in ``pieces``), and what its scan keeps."""
         summary = ColumnSummary.of(block) if summary is None else summary
         imputed = summary.imputed(block)
         # One product rotates the SNPs and (low rank) gives their null-space coordinates.
-        both = rotate_block(imputed, self._directions)
+        return _Rotation([(imputed, self._directions)], (summary, imputed), pieces)
+
+    def scan_rotation(self, rotation: _Rotation) -> pd.DataFrame:
+        """A chunk's table from its :meth:`rotation_of` (whose pieces no thread has taken
+        yet are computed here first)."""
+        summary, imputed = rotation.context
+        (both,) = rotation.results()
         width = self._width
         along = None if both.shape[1] == width else both[:, width:]
         return self._scan_rotated(summary, imputed, both[:, :width], along)
@@ -1823,7 +1835,7 @@ class _Scanner:
             p_wald=special.fdtrc(1, df_resid, (beta / se) ** 2),
             llf=llf + fit_data.llf_offset(reml=False),
             lrt=lrt,
-            p_lrt=special.chdtrc(1, lrt),
+            p_lrt=_chi2_1_tail(lrt),
             sigma2_a=fit_data.variances_to_user(result["sigma2_a"]),
             sigma2_e=fit_data.variances_to_user(result["sigma2_e"]),
         )
@@ -2067,6 +2079,178 @@ def rotate_block(
     return imputed.T @ eigenvectors
 
 
+class _Rotation:
+    """A chunk's products ``imputed' directions`` (:func:`rotate_block`; one per group
+    of individuals its scanner rotates for), and what the scanner keeps for the rest
+    of the chunk's scan (``context``).
+
+    Each product is cut into ``pieces`` (ranges of SNPs) that any thread may take
+    (:meth:`work`): while the scanning thread fits one chunk, a helper thread starts
+    on the next chunk's pieces (:func:`_scanned`). A failed piece's exception is
+    raised by :meth:`results`, in the thread that asks for them.
+    """
+
+    def __init__(
+        self,
+        products: list[tuple[NDArray[np.float64], NDArray[np.float64]]],
+        context: Any,
+        pieces: int = 1,
+    ) -> None:
+        self.context = context
+        self._products = products
+        self._tasks = [
+            (index, columns)
+            for index, (imputed, _) in enumerate(products)
+            for columns in _pieces(imputed.shape[1], pieces)
+        ]
+        self._outputs = [
+            np.empty((imputed.shape[1], directions.shape[1])) for imputed, directions in products
+        ]
+        self._taken = 0
+        self._left = len(self._tasks)
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if not self._tasks:
+            self._done.set()
+
+    def work(self) -> None:
+        """Compute the pieces no thread has taken, one at a time, until none is left."""
+        while True:
+            with self._lock:
+                if self._taken == len(self._tasks) or self._error is not None:
+                    return
+                index, columns = self._tasks[self._taken]
+                self._taken += 1
+            imputed, directions = self._products[index]
+            try:
+                if columns.stop - columns.start == imputed.shape[1]:  # the whole product
+                    self._outputs[index] = rotate_block(imputed, directions)
+                else:
+                    self._outputs[index][columns] = rotate_block(imputed[:, columns], directions)
+            except BaseException as exc:
+                with self._lock:
+                    self._error = exc
+                self._done.set()
+                return
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self._done.set()
+
+    def cancel(self) -> None:
+        """Leave the pieces no thread has taken (the scan stopped)."""
+        with self._lock:
+            self._taken = len(self._tasks)
+
+    def results(self) -> list[NDArray[np.float64]]:
+        """The products, once every piece is computed (those left, here)."""
+        self.work()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._outputs
+
+
+def _pieces(count: int, pieces: int) -> list[slice]:
+    """``count`` SNPs in at most ``pieces`` consecutive ranges of equal size (the last
+    smaller)."""
+    step = max(-(-count // max(pieces, 1)), 1)
+    return [slice(first, min(first + step, count)) for first in range(0, count, step)]
+
+
+#: The ranges of SNPs a chunk's rotation is cut into when two threads share it: enough
+#: for the thread that finishes its other work first to take the rest (8: 75 SNPs of
+#: a 600-SNP chunk, each still a product at BLAS's full speed on one thread).
+ROTATION_PIECES = 8
+
+
+def _scan_threads() -> int:
+    """Threads a scan shares each chunk's work between (:func:`_scanned`): two where
+    BLAS may run two (a two-core machine at default settings); else one, and BLAS's
+    threads share the rotation alone (one thread: as asked; more: BLAS's threads
+    already split the product, and a second scanning thread is not measured there)."""
+    return 2 if blas_threads() == 2 else 1
+
+
+def _scanned(chunks: Iterator[_Chunk]) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
+    """Each chunk with its table, tested in this process.
+
+    With two scan threads (:func:`_scan_threads`), BLAS runs on one thread in each, and
+    a helper thread computes each chunk's rotation (:class:`_Rotation`) while this one
+    reads the next chunk and fits the one before, then takes the rotation's pieces
+    the helper has not: each core stays busy (the per-SNP fits are small products and
+    Python, which BLAS's second thread could not share). At n = 3,000, 12,000 SNPs:
+    0.52 s against 0.59 s (medians of 9, alternated). While the iteration is under
+    way, the process's BLAS runs on one thread.
+    """
+    if _scan_threads() < 2:
+        for chunk in chunks:
+            yield chunk, _scan_chunk(chunk)
+        return
+    pending: deque[tuple[_Chunk, _Rotation]] = deque()
+    # The limit is left only once the helper has stopped (the executor's exit waits for
+    # it), so that no BLAS call is under way when the threads are set back.
+    with blas_limited(1), ThreadPoolExecutor(1, thread_name_prefix="emlmm-rotation") as helper:
+        try:
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    break
+                except Exception:
+                    # Reading a chunk failed: the chunk before it is still tested and
+                    # given, as when chunks are read one at a time.
+                    while pending:
+                        yield _scanned_rotation(*pending.popleft())
+                    raise
+                assert chunk.scanner is not None
+                rotation = chunk.scanner.rotation_of(chunk.block, chunk.summary, ROTATION_PIECES)
+                helper.submit(rotation.work)
+                pending.append((chunk, rotation))
+                if len(pending) > 1:
+                    yield _scanned_rotation(*pending.popleft())
+            while pending:
+                yield _scanned_rotation(*pending.popleft())
+        finally:
+            for _, rotation in pending:
+                rotation.cancel()
+
+
+def _scanned_rotation(chunk: _Chunk, rotation: _Rotation) -> tuple[_Chunk, pd.DataFrame]:
+    assert chunk.scanner is not None
+    return chunk, chunk.scanner.scan_rotation(rotation)
+
+
+#: Largest statistic whose chi2(1) tail :func:`_chi2_1_tail` takes from ``erfc``.
+_ERFC_REACH = 1400.0
+
+
+def _chi2_1_tail(statistic: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``P(chi2_1 > statistic)``, elementwise: ``erfc(sqrt(statistic / 2))``, the same
+    function as :func:`scipy.special.chdtrc` with one degree of freedom (to 1e-13
+    relatively at p = 1e-300) in a hundredth of its time (12,000 SNPs: 0.1 ms against
+    11 ms); past :data:`_ERFC_REACH`, where ``erfc`` underflows to 0 a little before
+    the tail does (at p ~ 1e-308), by ``chdtrc``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import special
+    >>> statistic = np.array([0.0, 3.841458820694124, 1420.0, np.nan])
+    >>> tail = _chi2_1_tail(statistic)
+    >>> tail[:2].round(6).tolist(), bool(tail[2] == special.chdtrc(1, 1420.0) > 0.0)
+    ([1.0, 0.05], True)
+    >>> bool(np.isnan(tail[3]))
+    True
+    """
+    tail = special.erfc(np.sqrt(0.5 * statistic))
+    far = statistic > _ERFC_REACH
+    if far.any():
+        tail[far] = special.chdtrc(1, statistic[far])
+    return np.asarray(tail, dtype=np.float64)
+
+
 #: Relative size below which a squared length found as a difference of squares is 0.
 _RESIDUAL_ROUNDING = 1e3 * float(np.finfo(float).eps)
 
@@ -2144,7 +2328,14 @@ class _PhenotypesScanner:
     def scan(
         self, block: NDArray[np.float64], summary: ColumnSummary | None = None
     ) -> pd.DataFrame:
-        tables: list[pd.DataFrame | None] = [None] * len(self.phenotypes)
+        return self.scan_rotation(self.rotation_of(block, summary))
+
+    def rotation_of(
+        self, block: NDArray[np.float64], summary: ColumnSummary | None = None, pieces: int = 1
+    ) -> _Rotation:
+        """As :meth:`_Scanner.rotation_of`: a product per group, each group's genotypes
+        summarised, filtered and imputed on its own individuals."""
+        products, context = [], []
         for group in self.groups:
             if group.rows is None:  # every individual: the chunk's own summary and filters
                 rows = block
@@ -2155,7 +2346,16 @@ class _PhenotypesScanner:
                 own = ColumnSummary.of(rows)
                 reasons = self.snp_filter.reasons(rows, own)
             imputed = own.imputed(rows)
-            rotated = rotate_block(imputed, group.eigenvectors)
+            products.append((imputed, group.eigenvectors))
+            context.append((own, imputed, reasons))
+        return _Rotation(products, context, pieces)
+
+    def scan_rotation(self, rotation: _Rotation) -> pd.DataFrame:
+        """As :meth:`_Scanner.scan_rotation`: a row per SNP and phenotype."""
+        tables: list[pd.DataFrame | None] = [None] * len(self.phenotypes)
+        for group, (own, imputed, reasons), rotated in zip(
+            self.groups, rotation.context, rotation.results(), strict=True
+        ):
             for position, name, scanner in group.scanners:
                 table = scanner.scan_rotated(own, imputed, rotated)
                 filtered = reasons != ""

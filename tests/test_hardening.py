@@ -251,16 +251,18 @@ def test_an_interrupted_scan_keeps_its_chunks_and_resumes_to_the_same_file(plink
                                                                            monkeypatch):
     args, full, folder = plink_scan
     out = folder / "interrupted.tsv"
-    original = _Scanner.scan
+    # Every chunk's scan, on one thread or sharing the rotations with a helper thread
+    # (emlmm.gwas._scanned), ends in scan_rotation.
+    original = _Scanner.scan_rotation
     calls = []
 
-    def interrupt_third_chunk(self, block, summary=None):
+    def interrupt_third_chunk(self, rotation):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, block, summary)
+        return original(self, rotation)
 
-    monkeypatch.setattr(_Scanner, "scan", interrupt_third_chunk)
+    monkeypatch.setattr(_Scanner, "scan_rotation", interrupt_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         main([*args, "--out", str(out)])
     monkeypatch.undo()

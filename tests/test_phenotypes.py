@@ -76,8 +76,11 @@ def test_each_phenotype_is_its_own_scan(study, method):
     assert together.phenotype.unique().tolist() == PHENOTYPES
 
 
-def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch, threads):
     data, frame, related = study
+    # One scan thread, or two sharing each chunk's rotation in pieces (emlmm.gwas._scanned).
+    monkeypatch.setattr(gwas_module, "_scan_threads", lambda: threads)
     eighs, rotations = [], []
     original_eigh, original_rotate = scipy.linalg.eigh, gwas_module.rotate_block
 
@@ -96,9 +99,16 @@ def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch):
     complete = int(data.y3.notna().sum())
     # y1, y2 on every individual, y3 and y4 on the same fewer: two groups, two eighs.
     assert sorted(eighs) == [(complete, complete), (90, 90)]
-    scan.run()
+    table = scan.run()
     # Two chunks (of 20 SNPs, less those filtered out), each rotated once per group.
-    assert sorted(rows for rows, _ in rotations) == [complete, complete, 90, 90]
+    if threads == 1:
+        assert sorted(rows for rows, _ in rotations) == [complete, complete, 90, 90]
+    else:  # in pieces, each SNP once per group
+        assert len(rotations) > 4
+        assert {rows for rows, _ in rotations} == {complete, 90}
+        kept = len(table) // len(PHENOTYPES)  # a row per SNP and phenotype
+        for group in (complete, 90):
+            assert sum(snps for rows, snps in rotations if rows == group) == kept
     assert scan.individuals == {"total": 90, "analysed": 90, "dropped": 0}
     assert scan.phenotype_individuals == {"y1": 90, "y2": 90, "y3": complete, "y4": complete}
     assert set(scan.null_estimates) == {f"{name}, all" for name in PHENOTYPES}

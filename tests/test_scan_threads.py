@@ -1,0 +1,153 @@
+"""A scan on two threads (``emlmm.gwas._scanned``: a helper thread rotates the next
+chunk while this one fits the last) gives the one-thread tables, raises where one
+thread would, and leaves neither a thread running nor BLAS limited behind it."""
+
+import importlib
+import threading
+
+import dense
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from emlmm import GenomeScan, LowRankKinship
+from emlmm._threads import blas_threads
+
+gwas_module = importlib.import_module("emlmm.gwas")
+
+
+@pytest.fixture(scope="module")
+def study():
+    rng = np.random.default_rng(5)
+    n, m = 120, 70
+    genotypes = rng.binomial(2, rng.uniform(0.05, 0.5, m), (n, m)).astype(float)
+    genotypes[rng.random((n, m)) < 0.03] = np.nan
+    genotypes[:, 5] = 1.0  # monomorphic
+    kinship_snps = rng.binomial(2, 0.3, (n, 40)).astype(float)
+    factor = LowRankKinship.from_snps(kinship_snps)
+    related = dense.random_genotype_kinship(rng, n, 200)
+    effect = np.nan_to_num(genotypes[:, 9], nan=0.5)
+    y = effect + np.linalg.cholesky(related + 1e-9 * np.eye(n)) @ rng.normal(size=n)
+    ids = [f"s{i}" for i in range(n)]
+    data = pd.DataFrame(
+        {
+            "y": y + rng.normal(size=n),
+            "y2": np.where(rng.random(n) < 0.1, np.nan, 0.5 * y + rng.normal(size=n)),
+            "sex": rng.integers(0, 2, n),
+        },
+        index=ids,
+    )
+    frame = pd.DataFrame(genotypes, index=ids, columns=[f"rs{j}" for j in range(m)])
+    related = pd.DataFrame(related, index=ids, columns=ids)
+    return data, frame, related, factor
+
+
+def _helpers_alive():
+    return [t for t in threading.enumerate() if t.name.startswith("emlmm-rotation")]
+
+
+def _scan(study, kind, **options):
+    data, frame, related, factor = study
+    options = {"min_maf": 0, "max_missing": 1, **options}  # every SNP has its row
+    if kind == "low rank":
+        return GenomeScan("y ~ 1 + sex + snp", data, frame, factor, chunk_size=16, **options)
+    if kind == "phenotypes":
+        return GenomeScan("~ 1 + sex + snp", data, frame, related, chunk_size=16,
+                          phenotypes=["y", "y2"], **options)
+    return GenomeScan("y ~ 1 + sex + snp", data, frame, related, chunk_size=16, **options)
+
+
+@pytest.mark.parametrize("method", ["exact", "fixed"])
+@pytest.mark.parametrize("kind", ["dense", "low rank", "phenotypes"])
+def test_two_threads_give_the_one_thread_table(study, monkeypatch, kind, method):
+    original = gwas_module.rotate_block
+    threads_used = []
+
+    def recording_rotate(block, eigenvectors):
+        threads_used.append(threading.current_thread().name)
+        return original(block, eigenvectors)
+
+    monkeypatch.setattr(gwas_module, "rotate_block", recording_rotate)
+    tables = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(gwas_module, "_scan_threads", lambda threads=threads: threads)
+        threads_used.clear()
+        tables[threads] = _scan(study, kind, method=method).run()
+        helper = [name for name in threads_used if name.startswith("emlmm-rotation")]
+        assert bool(helper) == (threads == 2), threads_used
+    pd.testing.assert_frame_equal(tables[2], tables[1], rtol=1e-10, check_exact=False)
+    assert tables[1].note.eq("monomorphic").sum() >= 1
+    assert not _helpers_alive()
+
+
+def test_a_failed_piece_is_raised_in_the_scanning_thread(study, monkeypatch):
+    monkeypatch.setattr(gwas_module, "_scan_threads", lambda: 2)
+    original = gwas_module.rotate_block
+    calls = []
+
+    def failing_rotate(block, eigenvectors):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 11:
+            raise FloatingPointError("piece 11 failed")
+        return original(block, eigenvectors)
+
+    monkeypatch.setattr(gwas_module, "rotate_block", failing_rotate)
+    before = blas_threads()
+    with pytest.raises(FloatingPointError, match="piece 11 failed"):
+        _scan(study, "dense").run()
+    assert blas_threads() == before
+    assert not _helpers_alive()
+
+
+def test_a_scan_stopped_early_stops_its_helper_and_restores_blas(study, monkeypatch):
+    monkeypatch.setattr(gwas_module, "_scan_threads", lambda: 2)
+    before = blas_threads()
+    tables = _scan(study, "dense").tables()
+    first = next(tables)
+    assert len(first) == 16
+    tables.close()
+    assert blas_threads() == before
+    assert not _helpers_alive()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_chunks_before_one_that_cannot_be_read_are_given(study, monkeypatch, threads):
+    monkeypatch.setattr(gwas_module, "_scan_threads", lambda: threads)
+    data, frame, related, _ = study
+    bad = frame.copy()
+    bad.iloc[3, 40] = 3.0  # the third chunk of 16
+    scan = GenomeScan("y ~ 1 + sex + snp", data, bad, related, chunk_size=16, min_maf=0,
+                      max_missing=1)
+    given = []
+    with pytest.raises(ValueError, match="rs40"):
+        for table in scan.tables():
+            given.append(table)
+    assert [len(table) for table in given] == [16, 16]
+    assert not _helpers_alive()
+
+
+@pytest.mark.parametrize("count", [0, 3, 8, 17])
+def test_a_rotation_in_pieces_is_the_whole_product(count):
+    rng = np.random.default_rng(count)
+    imputed, directions = rng.normal(size=(30, count)), rng.normal(size=(30, 7))
+    whole = imputed.T @ directions
+    for pieces in (1, 2, 8):
+        rotation = gwas_module._Rotation([(imputed, directions)], "kept", pieces)
+        assert rotation.context == "kept"
+        (product,) = rotation.results()
+        np.testing.assert_allclose(product, whole, rtol=1e-13, atol=1e-13)
+    assert [len(range(count)[s]) for s in gwas_module._pieces(count, 8)] == {
+        0: [], 3: [1, 1, 1], 8: [1] * 8, 17: [3] * 5 + [2]}[count]
+
+
+def test_the_lrt_p_value_is_the_chi2_tail():
+    statistic = np.concatenate([np.linspace(0.0, 1500.0, 30001), np.logspace(-12, 3.2, 500),
+                                [np.nan]])
+    tail = gwas_module._chi2_1_tail(statistic)
+    expected = stats.chi2.sf(statistic, 1)
+    normal = expected > 1e-300
+    np.testing.assert_allclose(tail[normal], expected[normal], rtol=1e-12)
+    np.testing.assert_allclose(tail[~normal & ~np.isnan(expected)],
+                               expected[~normal & ~np.isnan(expected)], rtol=0, atol=1e-305)
+    assert np.isnan(tail[-1])

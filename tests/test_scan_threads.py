@@ -127,18 +127,29 @@ def test_the_chunks_before_one_that_cannot_be_read_are_given(study, monkeypatch,
     assert not _helpers_alive()
 
 
-@pytest.mark.parametrize("count", [0, 3, 8, 17])
-def test_a_rotation_in_pieces_is_the_whole_product(count):
+@pytest.mark.parametrize("count", [0, 3, 17, 600])
+def test_a_rotation_in_pieces_is_the_whole_product(count, monkeypatch):
     rng = np.random.default_rng(count)
-    imputed, directions = rng.normal(size=(30, count)), rng.normal(size=(30, 7))
-    whole = imputed.T @ directions
+    products = [(rng.normal(size=(30, count)), rng.normal(size=(30, 7))),
+                (rng.normal(size=(20, 5)), rng.normal(size=(20, 4)))]  # two groups
+    original, taken = gwas_module.rotate_block, []
+
+    def recording_rotate(block, eigenvectors):
+        taken.append(block.shape[1])
+        return original(block, eigenvectors)
+
+    monkeypatch.setattr(gwas_module, "rotate_block", recording_rotate)
     for pieces in (1, 2, 8):
-        rotation = gwas_module._Rotation([(imputed, directions)], "kept", pieces)
+        taken.clear()
+        rotation = gwas_module._Rotation(products, "kept", pieces)
         assert rotation.context == "kept"
-        (product,) = rotation.results()
-        np.testing.assert_allclose(product, whole, rtol=1e-13, atol=1e-13)
-    assert [len(range(count)[s]) for s in gwas_module._pieces(count, 8)] == {
-        0: [], 3: [1, 1, 1], 8: [1] * 8, 17: [3] * 5 + [2]}[count]
+        for (imputed, directions), product in zip(products, rotation.results(), strict=True):
+            np.testing.assert_allclose(product, imputed.T @ directions, rtol=1e-13, atol=1e-13)
+        # Half of what is left each time, at least 1 / pieces of the product.
+        first = {1: [count], 2: [-(-count // 2), count // 2],
+                 8: {0: [], 3: [2, 1], 17: [9, 4, 3, 1], 600: [300, 150, 75, 75]}[count]}
+        last = {1: [5], 2: [3, 2], 8: [3, 1, 1]}
+        assert taken == [size for size in first[pieces] if size] + last[pieces], pieces
 
 
 def test_the_lrt_p_value_is_the_chi2_tail():

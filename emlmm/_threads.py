@@ -4,7 +4,9 @@ EM iterations multiply small matrices (``n x p``, or ``n x L`` for a few grouped
 levels) many times. Several BLAS threads then cost more in synchronisation than
 they save, and on a busy machine much more (a 238-iteration fit took 4.7 s with
 OpenBLAS's default threads and 0.27 s with one). Large products (a kinship's
-eigendecomposition, the rotation of a chunk of SNPs) keep every thread.
+eigendecomposition, the rotation of a chunk of SNPs) keep every thread, except in a
+scan on two BLAS threads, where two scanning threads take one each
+(:func:`emlmm.gwas._scanned`).
 """
 
 from __future__ import annotations

@@ -669,6 +669,10 @@ class GenomeScan:
         """Each chunk's result table, for the SNPs from position ``start`` on.
 
         SNPs the filters leave out have no row (their chunks may be short or empty).
+        Where BLAS runs two threads (a two-core machine at default settings), a helper
+        thread rotates the next chunk while this one fits the last, each with one BLAS
+        thread: until the iteration ends (or the generator is closed), the process's
+        BLAS runs one thread per scanning thread.
 
         Parameters
         ----------

@@ -13,8 +13,9 @@ the kinship is ``emlmm.kinship(plink)`` (centered), in memory.
 The scan ``GenomeScan("y ~ 1 + snp", data, plink, kinship)`` (exact) is built once,
 from ``emlmm.read_plink(prefix)`` kept open, and reused for every timed run:
 
-- in-process: ``scan.run()`` (the per-SNP fits shared out between threads, one per
-  core; the rotation with the caller's BLAS threads);
+- in-process: ``scan.run()`` (on two cores, a helper thread rotates each chunk while
+  the scanning thread fits the one before, one BLAS thread each; otherwise the
+  rotation with the caller's BLAS threads);
 - W workers: ``scan.run(client=client)`` on ``distributed.LocalCluster(n_workers=W,
   threads_per_worker=1, processes=True, dashboard_address=None)`` for W = 1 and 2.
   The scanner and the fileset's path are scattered at each run (that is timed); the

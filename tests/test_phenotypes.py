@@ -81,7 +81,7 @@ def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch, t
     data, frame, related = study
     # One scan thread, or two sharing each chunk's rotation in pieces (emlmm.gwas._scanned).
     monkeypatch.setattr(gwas_module, "_scan_threads", lambda: threads)
-    eighs, rotations = [], []
+    eighs, rotations, widths = [], [], []
     original_eigh, original_rotate = scipy.linalg.eigh, gwas_module.rotate_block
 
     def counting_eigh(matrix, *args, **kwargs):
@@ -90,6 +90,7 @@ def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch, t
 
     def counting_rotate(block, eigenvectors):
         rotations.append(block.shape)
+        widths.append(eigenvectors.shape[1])  # a group's individuals
         return original_rotate(block, eigenvectors)
 
     monkeypatch.setattr(scipy.linalg, "eigh", counting_eigh)
@@ -103,12 +104,14 @@ def test_one_eigendecomposition_and_one_rotation_per_group(study, monkeypatch, t
     # Two chunks (of 20 SNPs, less those filtered out), each rotated once per group.
     if threads == 1:
         assert sorted(rows for rows, _ in rotations) == [complete, complete, 90, 90]
-    else:  # in pieces, each SNP once per group
+    else:  # in pieces of individuals: each genotype once per group
         assert len(rotations) > 4
-        assert {rows for rows, _ in rotations} == {complete, 90}
+        assert set(widths) == {complete, 90}
         kept = len(table) // len(PHENOTYPES)  # a row per SNP and phenotype
         for group in (complete, 90):
-            assert sum(snps for rows, snps in rotations if rows == group) == kept
+            cells = [rows * snps for (rows, snps), width in zip(rotations, widths, strict=True)
+                     if width == group]
+            assert sum(cells) == group * kept
     assert scan.individuals == {"total": 90, "analysed": 90, "dropped": 0}
     assert scan.phenotype_individuals == {"y1": 90, "y2": 90, "y3": complete, "y4": complete}
     assert set(scan.null_estimates) == {f"{name}, all" for name in PHENOTYPES}

@@ -135,7 +135,7 @@ def test_a_rotation_in_pieces_is_the_whole_product(count, monkeypatch):
     original, taken = gwas_module.rotate_block, []
 
     def recording_rotate(block, eigenvectors):
-        taken.append(block.shape[1])
+        taken.append(block.shape[0])  # the individuals of a piece
         return original(block, eigenvectors)
 
     monkeypatch.setattr(gwas_module, "rotate_block", recording_rotate)
@@ -145,11 +145,9 @@ def test_a_rotation_in_pieces_is_the_whole_product(count, monkeypatch):
         assert rotation.context == "kept"
         for (imputed, directions), product in zip(products, rotation.results(), strict=True):
             np.testing.assert_allclose(product, imputed.T @ directions, rtol=1e-13, atol=1e-13)
-        # Half of what is left each time, at least 1 / pieces of the product.
-        first = {1: [count], 2: [-(-count // 2), count // 2],
-                 8: {0: [], 3: [2, 1], 17: [9, 4, 3, 1], 600: [300, 150, 75, 75]}[count]}
-        last = {1: [5], 2: [3, 2], 8: [3, 1, 1]}
-        assert taken == [size for size in first[pieces] if size] + last[pieces], pieces
+        # Half of the individuals left each time, at least 1 / pieces of them.
+        first = {1: [30], 2: [15, 15], 8: [15, 8, 4, 3]}[pieces] if count else []
+        assert taken == first + {1: [20], 2: [10, 10], 8: [10, 5, 3, 2]}[pieces], pieces
 
 
 def test_the_lrt_p_value_is_the_chi2_tail():

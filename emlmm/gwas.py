@@ -2210,7 +2210,7 @@ def _scanned(chunks: Iterator[_Chunk]) -> Iterator[tuple[_Chunk, pd.DataFrame]]:
     reads the next chunk and fits the one before, then takes the rotation's pieces
     the helper has not: each core stays busy (the per-SNP fits are small products and
     Python, which BLAS's second thread could not share). A low-rank kinship's scan,
-    n = 3,000, 12,000 SNPs: 0.65 s against 0.75 s on one thread (medians of 11,
+    n = 3,000, 12,000 SNPs: 0.58 s against 0.66 s on one thread (medians of 11,
     alternated). While the iteration is under way, the process's BLAS runs on one
     thread.
     """

@@ -18,6 +18,13 @@ from numpy.typing import NDArray
 
 from emlmm._threads import one_blas_thread
 
+#: Kinships with fewer rows are eigendecomposed on one BLAS thread. On an idle 2-core
+#: machine (medians of 5): n = 757, 0.098 s on one thread and 0.178 s on two;
+#: n = 1,410, 0.674 s and 0.672 s; n = 2,000, 1.19 s and 0.86 s. With another
+#: process busy on one core, GEMMA's example (n = 757) spent 0.45-0.51 s in its null
+#: model on two threads against 0.16-0.24 s on one.
+EIGH_SMALL = 1500
+
 __all__ = ["KinshipSpectrum", "pseudo_inverse_tolerance", "shared_spectra"]
 
 #: Spectra computed inside :func:`shared_spectra`, by the kinship's content.
@@ -159,9 +166,10 @@ class KinshipSpectrum:
     @classmethod
     def _decompose(cls, kinship: NDArray[np.float64]) -> KinshipSpectrum:
         # LAPACK's dsyevr (as GEMMA uses): as fast as NumPy's dsyevd here, and it needs
-        # O(n) workspace where dsyevd needs 2 n^2 (1.6 GB at n = 10,000). Small
-        # matrices use one BLAS thread (several thrash on a busy machine).
-        with one_blas_thread(len(kinship)):
+        # O(n) workspace where dsyevd needs 2 n^2 (1.6 GB at n = 10,000). Below
+        # EIGH_SMALL rows it runs on one BLAS thread: as fast or faster on an idle
+        # 2-core machine, and two thrash on a busy one.
+        with one_blas_thread(len(kinship), below=EIGH_SMALL):
             eigenvalues, eigenvectors = scipy.linalg.eigh(
                 kinship, driver="evr", check_finite=False
             )

@@ -22,11 +22,11 @@ from threadpoolctl import ThreadpoolController
 SMALL = 512
 
 
-def one_blas_thread(columns: int) -> AbstractContextManager[Any]:
-    """One BLAS thread while a fit with ``columns`` columns runs (none changed for
-    large ones, or where BLAS runs one already: a scan's threads may be in BLAS then,
-    and the limit is left alone while they are)."""
-    if columns >= SMALL or blas_threads() <= 1:
+def one_blas_thread(columns: int, below: int = SMALL) -> AbstractContextManager[Any]:
+    """One BLAS thread while a fit with ``columns`` columns runs, if fewer than
+    ``below`` (none changed for large ones, or where BLAS runs one already: a scan's
+    threads may be in BLAS then, and the limit is left alone while they are)."""
+    if columns >= below or blas_threads() <= 1:
         return nullcontext()
     return blas_limited(1)
 

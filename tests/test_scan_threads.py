@@ -160,3 +160,28 @@ def test_the_lrt_p_value_is_the_chi2_tail():
     np.testing.assert_allclose(tail[~normal & ~np.isnan(expected)],
                                expected[~normal & ~np.isnan(expected)], rtol=0, atol=1e-305)
     assert np.isnan(tail[-1])
+
+
+def test_a_kinship_below_eigh_small_is_decomposed_on_one_blas_thread(monkeypatch):
+    """Below EIGH_SMALL rows one thread is as fast as two on an idle machine and
+    faster on a busy one; above, BLAS keeps its threads."""
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    from emlmm import _spectral
+
+    seen = []
+    original = scipy.linalg.eigh
+
+    def recording_eigh(matrix, *args, **kwargs):
+        seen.append((len(matrix), blas_threads()))
+        return original(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "eigh", recording_eigh)
+    rng = np.random.default_rng(0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        available = blas_threads()
+        for n in (600, _spectral.EIGH_SMALL):
+            factor = rng.normal(size=(n, 20))
+            _spectral.KinshipSpectrum._decompose(factor @ factor.T / 20)
+    assert seen == [(600, 1), (_spectral.EIGH_SMALL, available)]

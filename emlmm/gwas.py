@@ -2176,17 +2176,16 @@ class _Rotation:
         self._done.wait()
         if self._error is not None:
             raise self._error
-        results = []
-        for (imputed, directions), parts in zip(self._products, self._parts, strict=True):
+        for index, (imputed, directions) in enumerate(self._products):
+            parts = self._parts[index]
             if not parts:  # no SNP
-                results.append(np.zeros((imputed.shape[1], directions.shape[1])))
-                continue
-            ordered = [parts[first] for first in sorted(parts)]
-            total = ordered[0]
-            for part in ordered[1:]:
-                total += part
-            results.append(total)
-        return results
+                parts[0] = np.zeros((imputed.shape[1], directions.shape[1]))
+            elif len(parts) > 1:  # summed once, into the first part, which then stands alone
+                ordered = [parts[first] for first in sorted(parts)]
+                for part in ordered[1:]:
+                    ordered[0] += part
+                self._parts[index] = {0: ordered[0]}
+        return [parts[0] for parts in self._parts]
 
 
 #: A chunk's rotation, shared by two threads, is taken in pieces of at least this

@@ -145,6 +145,11 @@ def test_a_rotation_in_pieces_is_the_whole_product(count, monkeypatch):
         assert rotation.context == "kept"
         for (imputed, directions), product in zip(products, rotation.results(), strict=True):
             np.testing.assert_allclose(product, imputed.T @ directions, rtol=1e-13, atol=1e-13)
+        # Asked again, the same products (the partial sums are added once).
+        for again, product in zip(rotation.results(), rotation.results(), strict=True):
+            np.testing.assert_array_equal(again, product)
+        np.testing.assert_allclose(rotation.results()[0], products[0][0].T @ products[0][1],
+                                   rtol=1e-13, atol=1e-13)
         # Half of the individuals left each time, at least 1 / pieces of them.
         first = {1: [30], 2: [15, 15], 8: [15, 8, 4, 3]}[pieces] if count else []
         assert taken == first + {1: [20], 2: [10, 10], 8: [10, 5, 3, 2]}[pieces], pieces

@@ -2,9 +2,14 @@
 
 from typing import TYPE_CHECKING, Any
 
-from emlmm import datasets
-from emlmm.gwas import GenomeScan, ScanFileError, ScanOutput, ScanSummary, gwas
-from emlmm.io import (
+from emlmm import _threads
+
+# Before anything loads numpy, and with it OpenBLAS (see the function).
+_threads.calm_idle_blas_threads()
+
+from emlmm import datasets  # noqa: E402
+from emlmm.gwas import GenomeScan, ScanFileError, ScanOutput, ScanSummary, gwas  # noqa: E402
+from emlmm.io import (  # noqa: E402
     read_covariates,
     read_grm,
     read_lab,
@@ -12,7 +17,7 @@ from emlmm.io import (
     read_plink,
     write_grm,
 )
-from emlmm.kinship import LowRankKinship, kinship
+from emlmm.kinship import LowRankKinship, kinship  # noqa: E402
 
 if TYPE_CHECKING:
     from emlmm.model import EMLMM

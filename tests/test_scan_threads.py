@@ -3,6 +3,9 @@ chunk while this one fits the last) gives the one-thread tables, raises where on
 thread would, and leaves neither a thread running nor BLAS limited behind it."""
 
 import importlib
+import os
+import subprocess
+import sys
 import threading
 
 import dense
@@ -12,7 +15,7 @@ import pytest
 from scipy import stats
 
 from emlmm import GenomeScan, LowRankKinship
-from emlmm._threads import blas_threads
+from emlmm._threads import OPENBLAS_THREAD_TIMEOUT, blas_threads
 
 gwas_module = importlib.import_module("emlmm.gwas")
 
@@ -190,3 +193,33 @@ def test_a_kinship_below_eigh_small_is_decomposed_on_one_blas_thread(monkeypatch
             factor = rng.normal(size=(n, 20))
             _spectral.KinshipSpectrum._decompose(factor @ factor.T / 20)
     assert seen == [(600, 1), (_spectral.EIGH_SMALL, available)]
+
+
+def _timeout_seen(code: str, **env: str) -> str:
+    """OPENBLAS_THREAD_TIMEOUT as a fresh Python process running ``code`` sees it."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+    }
+    environment.update(env)
+    shown = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'))"
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}; {shown}"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_importing_emlmm_first_lets_idle_openblas_threads_sleep():
+    assert _timeout_seen("import emlmm") == OPENBLAS_THREAD_TIMEOUT == "16"
+    # the command line imports the package first too
+    assert _timeout_seen("import emlmm.__main__") == "16"
+    # a user's setting wins, even 0 (OpenBLAS's default) and the old name
+    assert _timeout_seen("import emlmm", OPENBLAS_THREAD_TIMEOUT="0") == "0"
+    assert _timeout_seen("import emlmm", GOTO_THREAD_TIMEOUT="20") == "unset"
+    # numpy loaded first has read its setting already: nothing is changed then
+    assert _timeout_seen("import numpy, emlmm") == "unset"

@@ -6,7 +6,8 @@ they save, and on a busy machine much more (a 238-iteration fit took 4.7 s with
 OpenBLAS's default threads and 0.27 s with one). Large products (a kinship's
 eigendecomposition, the rotation of a chunk of SNPs) keep every thread, except in a
 scan on two BLAS threads, where two scanning threads take one each
-(:func:`emlmm.gwas._scanned`).
+(:func:`emlmm.gwas._scanned`). Idle OpenBLAS threads sleep soon instead of spinning
+(:func:`calm_idle_blas_threads`, run when ``emlmm`` is imported).
 """
 
 from __future__ import annotations

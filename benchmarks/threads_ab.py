@@ -3,11 +3,13 @@
 Run by hand (not in CI), after ``gemma_workflow.py --workdir DIR`` has written GEMMA's
 example there (mouse.bed/.bim/.fam, covar.txt and emlmm's kinship ek.txt):
 
-    python benchmarks/threads_ab.py --workdir DIR [--repeats 15] [--busy 1]
+    python benchmarks/threads_ab.py --workdir DIR [--repeats 15] [--busy 1] \
+        [--gwas-args "--bfile P --kinship K"]
 
 Issue 15 asks that a run at default settings never be slower than one with
 ``OPENBLAS_NUM_THREADS=1``. Each round runs, in turn, the same command as
-``gemma_workflow.py`` (phenotype 2, the sex covariate, ``--format gemma``):
+``gemma_workflow.py`` (phenotype 2, the sex covariate, ``--format gemma``), or
+``emlmm gwas`` with ``--gwas-args`` (files relative to ``--workdir``):
 
 - ``default``: no thread variable set;
 - ``one thread``: ``OPENBLAS_NUM_THREADS=1``;
@@ -15,11 +17,17 @@ Issue 15 asks that a run at default settings never be slower than one with
   ``import emlmm`` otherwise sets to 16 (idle OpenBLAS threads spin for 2**28 cycles
   instead of 2**16 before they sleep): what default runs were before that.
 
+``--eigh N`` instead times ``scipy.linalg.eigh(driver="evr")`` (as emlmm calls it) of a
+rank-500 N x N matrix on one and on two BLAS threads (threadpoolctl), each in a fresh
+process, alternated.
+
 ``--busy K`` starts K processes that keep a core busy each (``while True: pass``) for
 the whole measurement, as another user's job would. The report gives each setting's
 median wall clock, the medians of the phases the command logs (reading, null model,
-scan, total) and of the rest (Python's start, imports, exit); the three tables must
-be byte-identical (exit status 1 otherwise).
+scan, total) and of the rest (Python's start, imports, exit), and compares the three
+tables: byte-identical, or else (a kinship of 1,500 rows or more is eigendecomposed on
+the default's two BLAS threads, which round differently) the largest difference in
+-log10 p_lrt, which must stay below 1e-6 (exit status 1 otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +47,7 @@ SETTINGS = {
     "one thread": {"OPENBLAS_NUM_THREADS": "1"},
     "OpenBLAS's timeout": {"OPENBLAS_THREAD_TIMEOUT": "28"},
 }
+GEMMA_EXAMPLE = "--bfile mouse --pheno-col 2 --covar covar.txt --kinship ek.txt --format gemma"
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
 
 
@@ -52,13 +62,19 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="gemma_workflow.py's --workdir")
     parser.add_argument("--repeats", type=int, default=15, help="alternated rounds (median)")
     parser.add_argument("--busy", type=int, default=0, help="processes keeping a core busy")
+    parser.add_argument("--gwas-args", default=GEMMA_EXAMPLE, help="emlmm gwas's inputs")
+    parser.add_argument("--eigh", type=int, default=0, help="time eigh of N x N instead")
     args = parser.parse_args()
+    if args.eigh:
+        time_eigh(args.eigh, args.busy, args.repeats)
+        return
     folder = Path(args.workdir)
-    for name in ("mouse.bed", "covar.txt", "ek.txt"):
-        if not (folder / name).exists():
-            sys.exit(f"{folder / name} is missing: run gemma_workflow.py --workdir {folder}")
+    if args.gwas_args == GEMMA_EXAMPLE:
+        for name in ("mouse.bed", "covar.txt", "ek.txt"):
+            if not (folder / name).exists():
+                sys.exit(f"{folder / name} is missing: run gemma_workflow.py --workdir {folder}")
     base = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    print(f"{os.cpu_count()} cores; {args.busy} busy process(es); {args.repeats} rounds; "
+    print(f"emlmm gwas {args.gwas_args}; {os.cpu_count()} cores; {args.busy} busy process(es); {args.repeats} rounds; "
           f"load {os.getloadavg()}; folder {folder}")  # fmt: skip
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     walls: dict[str, list[float]] = {name: [] for name in SETTINGS}
@@ -67,8 +83,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for number, (name, variables) in enumerate(SETTINGS.items()):
                 out = f"threads_ab_{number}.txt"
-                command = ["emlmm", "gwas", "--bfile", "mouse", "--pheno-col", "2", "--covar",
-                           "covar.txt", "--kinship", "ek.txt", "--format", "gemma", "--out", out,
+                command = ["emlmm", "gwas", *shlex.split(args.gwas_args), "--out", out,
                            "--quiet", "--overwrite"]  # fmt: skip
                 start = time.perf_counter()
                 subprocess.run(command, cwd=folder, env={**base, **variables}, check=True,
@@ -93,10 +108,60 @@ def main() -> None:
     print(f"\ndefault / one thread: **{ratio:.2f}** (target <= 1: "
           f"{'met' if ratio <= 1 else 'not met'})")  # fmt: skip
     tables = [folder / f"threads_ab_{number}.txt" for number in range(len(SETTINGS))]
-    same = all(filecmp.cmp(tables[0], other, shallow=False) for other in tables[1:])
-    print(f"tables: {'byte-identical' if same else 'DIFFERENT'}")
-    if not same:
+    if all(filecmp.cmp(tables[0], other, shallow=False) for other in tables[1:]):
+        print("tables: byte-identical")
+        return
+    gap = max(largest_log10_gap(tables[0], other) for other in tables[1:])
+    print(f"tables: not byte-identical; largest |difference| in -log10 p_lrt {gap:.1e} "
+          f"({'rounding' if gap < 1e-6 else 'MISMATCH'})")  # fmt: skip
+    if not gap < 1e-6:
         sys.exit(1)
+
+
+EIGH = """
+import time, numpy as np, scipy.linalg
+from threadpoolctl import threadpool_limits
+factor = np.random.default_rng(0).standard_normal(({n}, 500))
+matrix = factor @ factor.T / 500
+with threadpool_limits({threads}, user_api="blas"):
+    start = time.perf_counter()
+    scipy.linalg.eigh(matrix, driver="evr", check_finite=False)
+    print(time.perf_counter() - start)
+"""
+
+
+def time_eigh(n: int, busy: int, repeats: int) -> None:
+    """Medians of ``repeats`` eigendecompositions on one and two BLAS threads."""
+    print(f"eigh of {n} x {n}; {busy} busy process(es); {repeats} rounds")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for _ in range(repeats):
+            for threads in seconds:
+                code = EIGH.format(n=n, threads=threads)
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, check=True)  # fmt: skip
+                seconds[threads].append(float(done.stdout))
+    finally:
+        for process in hogs:
+            process.kill()
+            process.wait()
+    for threads, values in seconds.items():
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{threads} BLAS thread(s): median {statistics.median(values):.3f} s ({runs})")
+
+
+def largest_log10_gap(table: Path, other: Path) -> float:
+    """max |log10 p_lrt - log10 p_lrt'| over the SNPs of two tables (inf if their SNPs or
+    missing p-values differ)."""
+    import numpy as np
+    import pandas as pd
+
+    a, b = (pd.read_csv(path, sep="\t", usecols=["p_lrt"]).p_lrt for path in (table, other))
+    if len(a) != len(b) or not (a.isna() == b.isna()).all():
+        return float("inf")
+    gaps = np.abs(np.log10(a.to_numpy(float)) - np.log10(b.to_numpy(float)))
+    return float(np.max(np.nan_to_num(gaps, nan=0.0), initial=0.0))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SETTINGS = {
@@ -49,6 +51,20 @@ SETTINGS = {
 }
 GEMMA_EXAMPLE = "--bfile mouse --pheno-col 2 --covar covar.txt --kinship ek.txt --format gemma"
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
+
+
+@contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """``count`` other processes, each keeping a core busy, while the block runs."""
+    processes = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def logged_phases(log: Path) -> list[float]:
@@ -76,10 +92,9 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     print(f"emlmm gwas {args.gwas_args}; {os.cpu_count()} cores; {args.busy} busy process(es); {args.repeats} rounds; "
           f"load {os.getloadavg()}; folder {folder}")  # fmt: skip
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     walls: dict[str, list[float]] = {name: [] for name in SETTINGS}
     phases: dict[str, list[list[float]]] = {name: [] for name in SETTINGS}
-    try:
+    with busy_cores(args.busy):
         for _ in range(args.repeats):
             for number, (name, variables) in enumerate(SETTINGS.items()):
                 out = f"threads_ab_{number}.txt"
@@ -90,10 +105,6 @@ def main() -> None:
                                capture_output=True)  # fmt: skip
                 walls[name].append(time.perf_counter() - start)
                 phases[name].append(logged_phases(folder / f"{out}.log"))
-    finally:
-        for process in busy:
-            process.kill()
-            process.wait()
     print("\n| setting | median (s) | reading, null model, scan, total (log medians) "
           "| rest (s) | runs (s) |\n|---|---|---|---|---|")  # fmt: skip
     for name in SETTINGS:
@@ -133,19 +144,14 @@ with threadpool_limits({threads}, user_api="blas"):
 def time_eigh(n: int, busy: int, repeats: int) -> None:
     """Medians of ``repeats`` eigendecompositions on one and two BLAS threads."""
     print(f"eigh of {n} x {n}; {busy} busy process(es); {repeats} rounds")
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     seconds: dict[int, list[float]] = {1: [], 2: []}
-    try:
+    with busy_cores(busy):
         for _ in range(repeats):
             for threads in seconds:
                 code = EIGH.format(n=n, threads=threads)
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True,
                                       text=True, check=True)  # fmt: skip
                 seconds[threads].append(float(done.stdout))
-    finally:
-        for process in hogs:
-            process.kill()
-            process.wait()
     for threads, values in seconds.items():
         runs = ", ".join(f"{v:.2f}" for v in values)
         print(f"{threads} BLAS thread(s): median {statistics.median(values):.3f} s ({runs})")

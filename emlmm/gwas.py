@@ -2112,30 +2112,27 @@ class _Rotation:
         self._smallest = [
             max(-(-imputed.shape[0] // max(pieces, 1)), 1) for imputed, _ in products
         ]
+        # The rows (individuals) each product sums over, 0 for a product without SNPs.
+        self._rows = [imputed.shape[0] if imputed.shape[1] else 0 for imputed, _ in products]
         # Each product's partial sums by their first row (only products with SNPs).
         self._parts: list[dict[int, NDArray[np.float64]]] = [{} for _ in products]
         self._next = (0, 0)  # the product and the row the next take starts at
-        self._left = sum(self._rows(index) for index in range(len(products)))
+        self._left = sum(self._rows)
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._done = threading.Event()
         if self._left == 0:
             self._done.set()
 
-    def _rows(self, index: int) -> int:
-        """Rows (individuals) product ``index`` sums over, 0 if it has no SNP."""
-        imputed = self._products[index][0]
-        return int(imputed.shape[0]) if imputed.shape[1] else 0
-
     def _take(self) -> tuple[int, slice] | None:
         """The next piece (under the lock), or None when every piece is taken."""
         index, first = self._next
-        while index < len(self._products) and first == self._rows(index):
+        while index < len(self._products) and first == self._rows[index]:
             index, first = index + 1, 0
         if index == len(self._products) or self._error is not None:
             self._next = (index, first)
             return None
-        rows = self._rows(index)
+        rows = self._rows[index]
         stop = min(first + max(-(-(rows - first) // 2), self._smallest[index]), rows)
         self._next = (index, stop)
         return index, slice(first, stop)
@@ -2149,11 +2146,8 @@ class _Rotation:
                 return
             index, rows = piece
             imputed, directions = self._products[index]
-            try:
-                if rows.stop - rows.start == imputed.shape[0]:  # the whole product
-                    part = rotate_block(imputed, directions)
-                else:
-                    part = rotate_block(imputed[rows], directions[rows])
+            try:  # (a view of every row when the piece is the whole product)
+                part = rotate_block(imputed[rows], directions[rows])
             except BaseException as exc:
                 with self._lock:
                     self._error = exc

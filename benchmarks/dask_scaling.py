@@ -21,16 +21,21 @@ from ``emlmm.read_plink(prefix)`` kept open, and reused for every timed run:
   The scanner and the fileset's path are scattered at each run (that is timed); the
   workers reopen the fileset and read their own chunks.
 
-Both clusters are started before the first timed run and kept for all rounds; their
-start-up, and the workers' first ``import emlmm.gwas`` (about 3 s: statsmodels), are
-not timed. Runs alternate (in-process, 1 worker, 2 workers) for ``--repeats`` rounds;
+Only one cluster is alive at a time, as when a user scans on a cluster: each round
+starts the 1-worker cluster, times its run, closes it, then does the same with 2
+workers. Start-up, the workers' first ``import emlmm.gwas`` (about 3 s: statsmodels)
+and shut-down are not timed. (Until session 12 both clusters were kept for all rounds;
+the idle one's scheduler and nanny, which live in the client process, added about
+0.1 s to the client's CPU per 2-worker run, 0.56 s against 0.45 s, medians of 5; the
+wall clock moved by less than the noise, 3.94 s against 3.89 s.) Runs alternate
+(in-process, 1 worker, 2 workers) for ``--repeats`` rounds;
 the table gives each median, the speed-up from 1 to 2 workers and the ratio 2 workers
 / in-process (target: <= 1, i.e. 2 workers at least as fast as in-process). Every
 cluster run's p_lrt must equal the first in-process run's (rtol 1e-6), SNP for SNP;
 the script exits with status 1 otherwise. The workers' BLAS thread settings (Dask's
 nanny sets them to 1 by default) are printed.
 
-Tiny check (about 20 s, mostly cluster start-up): ``python benchmarks/dask_scaling.py
+Tiny check (about 30 s, mostly cluster start-up): ``python benchmarks/dask_scaling.py
 --n 200 --m 2000 --repeats 1``.
 """
 
@@ -45,8 +50,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,6 +104,32 @@ def timed(run: Callable[[], pd.DataFrame]) -> tuple[float, pd.DataFrame]:
     return time.perf_counter() - start, table
 
 
+@contextmanager
+def local_cluster(workers: int, announce: bool) -> Iterator[Any]:
+    """A client of a new LocalCluster of ``workers`` single-threaded worker processes,
+    with ``emlmm.gwas`` imported on them; closed on exit (none of this is timed)."""
+    import distributed
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():  # "Port 8787 is already in use"
+        warnings.filterwarnings("ignore", "Port .* is already in use")
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    client = distributed.Client(cluster)
+    try:
+        client.wait_for_workers(workers)
+        client.run(importlib.import_module, "emlmm.gwas")
+        if announce:
+            seen = client.run(lambda: {k: os.environ.get(k, "unset") for k in THREAD_VARIABLES})
+            print(f"cluster of {workers} started in {time.perf_counter() - t:.1f} s "
+                  f"(not timed); workers' threads: {next(iter(seen.values()))}")  # fmt: skip
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
 def largest_relative_gap(table: pd.DataFrame, reference: pd.DataFrame) -> float:
     """max |p - p_ref| / |p_ref| over the rows (inf if the rows differ)."""
     if not table.index.equals(reference.index):
@@ -143,7 +176,6 @@ def report(folder: Path, args: argparse.Namespace) -> None:
     write_fileset(prefix, args.n, args.m, args.seed)
     print(f"wrote {prefix}.bed/.bim/.fam in {time.perf_counter() - started:.1f} s")
 
-    clusters: dict[str, tuple[distributed.LocalCluster, distributed.Client]] = {}
     failures: list[str] = []
     with emlmm.read_plink(prefix) as plink:
         t = time.perf_counter()
@@ -155,52 +187,28 @@ def report(folder: Path, args: argparse.Namespace) -> None:
         print(f"scan built (null model, eigendecomposition) in {time.perf_counter() - t:.1f} s; "
               f"{scan.n_snps} SNPs in chunks of {scan.chunk_size} "
               f"({-(-scan.n_snps // scan.chunk_size)} chunks)")  # fmt: skip
-        try:
-            for workers in (1, 2):
-                t = time.perf_counter()
-                with warnings.catch_warnings():  # "Port 8787 is already in use" (the 2nd)
-                    warnings.filterwarnings("ignore", "Port .* is already in use")
-                    cluster = distributed.LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=None,
-                    )
-                client = distributed.Client(cluster)
-                client.wait_for_workers(workers)
-                client.run(importlib.import_module, "emlmm.gwas")  # start-up, not timed
-                seen = client.run(
-                    lambda: {k: os.environ.get(k, "unset") for k in THREAD_VARIABLES}
-                )
-                clusters[f"{workers} worker{'s' if workers > 1 else ''}"] = (cluster, client)
-                print(f"cluster of {workers} started in {time.perf_counter() - t:.1f} s "
-                      f"(not timed); workers' threads: {next(iter(seen.values()))}")  # fmt: skip
 
-            runs: dict[str, list[float]] = {"in-process": [], **{name: [] for name in clusters}}
-            reference: pd.DataFrame | None = None
-            for round_ in range(args.repeats):  # alternated, so load changes hit all alike
-                for name in runs:
-                    if name == "in-process":
-                        seconds, table = timed(scan.run)
-                    else:
-                        client = clusters[name][1]
+        runs: dict[str, list[float]] = {"in-process": [], "1 worker": [], "2 workers": []}
+        reference: pd.DataFrame | None = None
+        for round_ in range(args.repeats):  # alternated, so load changes hit all alike
+            for name in runs:
+                if name == "in-process":
+                    seconds, table = timed(scan.run)
+                else:
+                    with local_cluster(int(name[0]), announce=round_ == 0) as client:
                         seconds, table = timed(lambda: scan.run(client=client))
-                    runs[name].append(seconds)
-                    if reference is None:
-                        reference = table
-                        note = f"reference: {len(table)} SNPs"
-                    else:
-                        gap = largest_relative_gap(table, reference)
-                        ok = gap <= RTOL
-                        note = f"p_lrt max rel diff vs in-process {gap:.1e} ({'OK' if ok else 'MISMATCH'})"
-                        if not ok:
-                            failures.append(f"round {round_ + 1}, {name}: {gap:.2e}")
-                    print(f"  round {round_ + 1}, {name:10s}: {seconds:7.2f} s; {note}; "
-                          f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
-        finally:
-            for cluster, client in clusters.values():
-                client.close()
-                cluster.close()
+                runs[name].append(seconds)
+                if reference is None:
+                    reference = table
+                    note = f"reference: {len(table)} SNPs"
+                else:
+                    gap = largest_relative_gap(table, reference)
+                    ok = gap <= RTOL
+                    note = f"p_lrt max rel diff vs in-process {gap:.1e} ({'OK' if ok else 'MISMATCH'})"
+                    if not ok:
+                        failures.append(f"round {round_ + 1}, {name}: {gap:.2e}")
+                print(f"  round {round_ + 1}, {name:10s}: {seconds:7.2f} s; {note}; "
+                      f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
 
     median = {name: statistics.median(values) for name, values in runs.items()}
     print(f"\nmedian of {args.repeats} round(s), n = {args.n}, m = {args.m}, exact:\n")

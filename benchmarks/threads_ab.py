@@ -15,7 +15,9 @@ Issue 15 asks that a run at default settings never be slower than one with
 - ``one thread``: ``OPENBLAS_NUM_THREADS=1``;
 - ``OpenBLAS's timeout``: ``OPENBLAS_THREAD_TIMEOUT=28``, OpenBLAS's own default, which
   ``import emlmm`` otherwise sets to 16 (idle OpenBLAS threads spin for 2**28 cycles
-  instead of 2**16 before they sleep): what default runs were before that.
+  instead of 2**16 before they sleep): what default runs were before that;
+- ``--threads 1``: emlmm's own option (session 12), which limits BLAS (threadpoolctl)
+  and bed-reader's reads to one thread from inside the command.
 
 ``--eigh N`` instead times ``scipy.linalg.eigh(driver="evr")`` (as emlmm calls it) of a
 rank-500 N x N matrix on one and on two BLAS threads (threadpoolctl), each in a fresh
@@ -24,7 +26,7 @@ process, alternated.
 ``--busy K`` starts K processes that keep a core busy each (``while True: pass``) for
 the whole measurement, as another user's job would. The report gives each setting's
 median wall clock, the medians of the phases the command logs (reading, null model,
-scan, total) and of the rest (Python's start, imports, exit), and compares the three
+scan, total) and of the rest (Python's start, imports, exit), and compares the four
 tables: byte-identical, or else (a kinship of 1,500 rows or more is eigendecomposed on
 the default's two BLAS threads, which round differently) the largest difference in
 -log10 p_lrt, which must stay below 1e-6 (exit status 1 otherwise).
@@ -44,10 +46,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SETTINGS = {
-    "default": {},
-    "one thread": {"OPENBLAS_NUM_THREADS": "1"},
-    "OpenBLAS's timeout": {"OPENBLAS_THREAD_TIMEOUT": "28"},
+#: Each setting's environment variables and extra options.
+SETTINGS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "default": ({}, []),
+    "one thread": ({"OPENBLAS_NUM_THREADS": "1"}, []),
+    "OpenBLAS's timeout": ({"OPENBLAS_THREAD_TIMEOUT": "28"}, []),
+    "--threads 1": ({}, ["--threads", "1"]),
 }
 GEMMA_EXAMPLE = "--bfile mouse --pheno-col 2 --covar covar.txt --kinship ek.txt --format gemma"
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
@@ -96,10 +100,10 @@ def main() -> None:
     phases: dict[str, list[list[float]]] = {name: [] for name in SETTINGS}
     with busy_cores(args.busy):
         for _ in range(args.repeats):
-            for number, (name, variables) in enumerate(SETTINGS.items()):
+            for number, (name, (variables, options)) in enumerate(SETTINGS.items()):
                 out = f"threads_ab_{number}.txt"
-                command = ["emlmm", "gwas", *shlex.split(args.gwas_args), "--out", out,
-                           "--quiet", "--overwrite"]  # fmt: skip
+                command = ["emlmm", "gwas", *shlex.split(args.gwas_args), *options, "--out",
+                           out, "--quiet", "--overwrite"]  # fmt: skip
                 start = time.perf_counter()
                 subprocess.run(command, cwd=folder, env={**base, **variables}, check=True,
                                capture_output=True)  # fmt: skip

@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from emlmm import __version__
+from emlmm._threads import at_most
 
 #: The lab's own file names (QG16 Lab 11), looked for in the current folder.
 LAB_FILE_NAMES = {
@@ -386,6 +387,17 @@ def _read_matrix(path: str, n_rows: int, what: str) -> np.ndarray:
     return matrix
 
 
+def _positive_int(text: str) -> int:
+    """An option's whole number of at least 1 (argparse reports the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emlmm", description="Linear mixed models with a kinship matrix, fitted by EM."
@@ -504,6 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="test the chunks on a Dask cluster, e.g. tcp://10.0.0.1:8786 (needs emlmm[dask])",
     )
+    scan.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use at most N threads (BLAS, the .bed reader, the scan's own), as PLINK's "
+        "--threads; default: every core. --threads 1 suits a machine busy with other work",
+    )
     scan.set_defaults(run=run_gwas)
 
     relate = commands.add_parser("kinship", help="compute a kinship matrix from PLINK files")
@@ -545,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="centered",
         help="GEMMA's -gk 1 (centered) or -gk 2 (standardized)",
     )
+    relate.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use at most N threads (BLAS, the .bed reader, the scan's own), as PLINK's "
+        "--threads; default: every core. --threads 1 suits a machine busy with other work",
+    )
     relate.set_defaults(run=run_kinship)
     return parser
 
@@ -552,11 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's error ends it with one line and exit status 1."""
     args = build_parser().parse_args(argv)
+    args.threads = getattr(args, "threads", None)  # gwas and kinship only
     args.command_line = ["emlmm", *(sys.argv[1:] if argv is None else argv)]
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return int(args.run(args))
+            with nullcontext() if args.threads is None else at_most(args.threads):
+                return int(args.run(args))
         except BrokenPipeError:  # output piped into `head`, say: stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

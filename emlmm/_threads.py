@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 #: How long OpenBLAS's idle threads wait for work before they sleep, as a power of two
 #: of processor cycles (2**16, about 25 microseconds; OpenBLAS's own default is
 #: 2**28, a tenth of a second).
 OPENBLAS_THREAD_TIMEOUT = "16"
+
+#: The variable bed-reader reads its thread count from, at every read (the first of
+#: those it looks at; ``OPENBLAS_NUM_THREADS`` is not among them).
+BED_READER_THREADS = "PST_NUM_THREADS"
 
 #: Below this many columns (of the design and grouped effects together), a fit's
 #: products run on one BLAS thread.
@@ -49,6 +54,37 @@ def calm_idle_blas_threads() -> None:
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ or "GOTO_THREAD_TIMEOUT" in os.environ:
         return
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = OPENBLAS_THREAD_TIMEOUT
+
+
+@contextmanager
+def at_most(threads: int) -> Iterator[None]:
+    """At most ``threads`` threads for the work inside (``emlmm gwas --threads``): the
+    BLAS and OpenMP pools of every library loaded (threadpoolctl), bed-reader's reads
+    of a .bed (:data:`BED_READER_THREADS`), and so a scan's own second thread, which
+    runs only where BLAS may run two (:func:`emlmm.gwas._scan_threads`). All are as
+    before on exit.
+
+    Examples
+    --------
+    >>> from emlmm._threads import at_most, blas_threads
+    >>> with at_most(1):
+    ...     blas_threads()
+    1
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    import scipy.linalg  # noqa: F401  (SciPy's own OpenBLAS, loaded so the limit reaches it)
+
+    previous = os.environ.get(BED_READER_THREADS)
+    os.environ[BED_READER_THREADS] = str(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        if previous is None:
+            del os.environ[BED_READER_THREADS]
+        else:
+            os.environ[BED_READER_THREADS] = previous
 
 
 def one_blas_thread(columns: int, below: int = SMALL) -> AbstractContextManager[Any]:

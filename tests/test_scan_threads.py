@@ -223,3 +223,89 @@ def test_importing_emlmm_first_lets_idle_openblas_threads_sleep():
     assert _timeout_seen("import emlmm", GOTO_THREAD_TIMEOUT="20") == "unset"
     # numpy loaded first has read its setting already: nothing is changed then
     assert _timeout_seen("import numpy, emlmm") == "unset"
+
+
+def _most_blas_threads() -> int:
+    """The most threads any BLAS library loaded now may run (found afresh, not from
+    emlmm's cached controller, so a library loaded later is seen too)."""
+    from threadpoolctl import threadpool_info
+
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+@pytest.fixture(scope="module")
+def plink_prefix(tmp_path_factory):
+    from plink_fixtures import write_plink
+
+    rng = np.random.default_rng(23)
+    n, m = 80, 30
+    genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), (n, m)).astype(float)
+    y = genotypes[:, 4] + rng.normal(size=n)
+    prefix = tmp_path_factory.mktemp("threads") / "study"
+    write_plink(prefix, genotypes, phenotypes=y)
+    return prefix
+
+
+@pytest.mark.parametrize("command", ["gwas", "kinship"])
+def test_the_threads_option_limits_blas_the_bed_reader_and_the_scan(
+    plink_prefix, tmp_path, monkeypatch, command
+):
+    """``--threads 1``: every BLAS library, bed-reader (PST_NUM_THREADS) and the scan
+    run one thread while the command works, and all are as before afterwards; the
+    table is the default run's."""
+    from threadpoolctl import threadpool_limits
+
+    from emlmm.__main__ import main
+    from emlmm._threads import BED_READER_THREADS
+    from emlmm.io import PlinkGenotypes
+
+    seen: list[tuple[str, object]] = []
+    read, scan_threads = PlinkGenotypes.read, gwas_module._scan_threads
+
+    def recording_read(self, *args, **kwargs):
+        seen.append(("read", (_most_blas_threads(), os.environ.get(BED_READER_THREADS))))
+        return read(self, *args, **kwargs)
+
+    def recording_scan_threads():
+        seen.append(("scan", scan_threads()))
+        return seen[-1][1]
+
+    monkeypatch.setattr(PlinkGenotypes, "read", recording_read)
+    monkeypatch.setattr(gwas_module, "_scan_threads", recording_scan_threads)
+    monkeypatch.delenv(BED_READER_THREADS, raising=False)
+    tables = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _most_blas_threads()
+        for options in (["--threads", "1"], []):
+            out = tmp_path / f"out{len(tables)}.txt"
+            extra = ["--quiet"] if command == "gwas" else []
+            assert main([command, "--bfile", str(plink_prefix), "--out", str(out),
+                         *extra, *options]) == 0  # fmt: skip
+            tables.append(out.read_bytes())
+            if options:
+                limited, seen[:] = list(seen), []
+        after = _most_blas_threads()
+    assert limited and {value for _, value in limited} <= {(1, "1"), 1}
+    if command == "gwas":
+        assert ("scan", 1) in limited
+        if before == 2:  # the default run shares its chunks between two threads
+            assert ("scan", 2) in seen
+    assert all(value[1] is None for kind, value in seen if kind == "read")
+    assert BED_READER_THREADS not in os.environ and after == before
+    assert tables[0] == tables[1]
+
+
+def test_the_threads_option_wants_a_positive_whole_number(plink_prefix, tmp_path, capsys):
+    from emlmm.__main__ import main
+    from emlmm._threads import at_most
+
+    for value in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["gwas", "--bfile", str(plink_prefix), "--out", str(tmp_path / "o"),
+                  "--threads", value])  # fmt: skip
+        assert stopped.value.code == 2
+        assert "argument --threads:" in capsys.readouterr().err
+    for value in (0, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            with at_most(value):  # type: ignore[arg-type]
+                pass

@@ -4,7 +4,7 @@ Run by hand (not in CI), after ``gemma_workflow.py --workdir DIR`` has written G
 example there (mouse.bed/.bim/.fam, covar.txt and emlmm's kinship ek.txt):
 
     python benchmarks/threads_ab.py --workdir DIR [--repeats 15] [--busy 1] \
-        [--gwas-args "--bfile P --kinship K"]
+        [--gwas-args "--bfile P --kinship K"] [--eigh N | --eigh-kinship K]
 
 Issue 15 asks that a run at default settings never be slower than one with
 ``OPENBLAS_NUM_THREADS=1``. Each round runs, in turn, the same command as
@@ -21,7 +21,8 @@ Issue 15 asks that a run at default settings never be slower than one with
 
 ``--eigh N`` instead times ``scipy.linalg.eigh(driver="evr")`` (as emlmm calls it) of a
 rank-500 N x N matrix on one and on two BLAS threads (threadpoolctl), each in a fresh
-process, alternated.
+process, alternated; ``--eigh-kinship FILE`` does the same with a text kinship in
+``--workdir`` (``emlmm kinship``'s output, say: a full-rank one).
 
 ``--busy K`` starts K processes that keep a core busy each (``while True: pass``) for
 the whole measurement, as another user's job would. The report gives each setting's
@@ -84,11 +85,22 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="processes keeping a core busy")
     parser.add_argument("--gwas-args", default=GEMMA_EXAMPLE, help="emlmm gwas's inputs")
     parser.add_argument("--eigh", type=int, default=0, help="time eigh of N x N instead")
+    parser.add_argument(
+        "--eigh-kinship", help="time eigh of this text kinship (in --workdir) instead"
+    )
     args = parser.parse_args()
     if args.eigh:
         time_eigh(args.eigh, args.busy, args.repeats)
         return
     folder = Path(args.workdir)
+    if args.eigh_kinship:
+        import numpy as np
+
+        matrix = np.loadtxt(folder / args.eigh_kinship)
+        saved = folder / "threads_ab_kinship.npy"
+        np.save(saved, matrix)
+        time_eigh(len(matrix), args.busy, args.repeats, str(saved))
+        return
     if args.gwas_args == GEMMA_EXAMPLE:
         for name in ("mouse.bed", "covar.txt", "ek.txt"):
             if not (folder / name).exists():
@@ -136,8 +148,11 @@ def main() -> None:
 EIGH = """
 import time, numpy as np, scipy.linalg
 from threadpoolctl import threadpool_limits
-factor = np.random.default_rng(0).standard_normal(({n}, 500))
-matrix = factor @ factor.T / 500
+if {saved!r}:
+    matrix = np.load({saved!r})
+else:
+    factor = np.random.default_rng(0).standard_normal(({n}, 500))
+    matrix = factor @ factor.T / 500
 with threadpool_limits({threads}, user_api="blas"):
     start = time.perf_counter()
     scipy.linalg.eigh(matrix, driver="evr", check_finite=False)
@@ -145,14 +160,16 @@ with threadpool_limits({threads}, user_api="blas"):
 """
 
 
-def time_eigh(n: int, busy: int, repeats: int) -> None:
-    """Medians of ``repeats`` eigendecompositions on one and two BLAS threads."""
-    print(f"eigh of {n} x {n}; {busy} busy process(es); {repeats} rounds")
+def time_eigh(n: int, busy: int, repeats: int, saved: str = "") -> None:
+    """Medians of ``repeats`` eigendecompositions on one and two BLAS threads (of the
+    matrix in the .npy file ``saved`` if given)."""
+    what = f"the kinship {saved}" if saved else "a rank-500 matrix"
+    print(f"eigh of {n} x {n}, {what}; {busy} busy process(es); {repeats} rounds")
     seconds: dict[int, list[float]] = {1: [], 2: []}
     with busy_cores(busy):
         for _ in range(repeats):
             for threads in seconds:
-                code = EIGH.format(n=n, threads=threads)
+                code = EIGH.format(n=n, threads=threads, saved=saved)
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True,
                                       text=True, check=True)  # fmt: skip
                 seconds[threads].append(float(done.stdout))

@@ -35,6 +35,11 @@ cluster run's p_lrt must equal the first in-process run's (rtol 1e-6), SNP for S
 the script exits with status 1 otherwise. The workers' BLAS thread settings (Dask's
 nanny sets them to 1 by default) are printed.
 
+Before the rounds, one thread's scan in this process is split into reading, rotating
+and fitting (the rotation's rate in GFLOP/s: on one core it runs near the core's peak,
+so two workers have nothing to win over two threads in one process but the cluster's
+own costs).
+
 Tiny check (about 30 s, mostly cluster start-up): ``python benchmarks/dask_scaling.py
 --n 200 --m 2000 --repeats 1``.
 """
@@ -130,6 +135,35 @@ def local_cluster(workers: int, announce: bool) -> Iterator[Any]:
         cluster.close()
 
 
+def phases(scan: emlmm.GenomeScan) -> None:
+    """Print where one thread's scan spends its time, chunk by chunk in this process:
+    reading and filtering, rotating (``U'G``), fitting (emlmm's internals)."""
+    from threadpoolctl import threadpool_limits
+
+    from emlmm.gwas import _read_filtered
+
+    scanner, genotypes = scan._scanner(0)
+    seconds = {"reading": 0.0, "rotating": 0.0, "fitting": 0.0}
+    with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for first in range(0, scan.n_snps, scan.chunk_size):
+            stop = min(first + scan.chunk_size, scan.n_snps)
+            t = time.perf_counter()
+            _, block, summary = _read_filtered(genotypes, scan.snp_filter, first, stop)
+            read = time.perf_counter()
+            rotation = scanner.rotation_of(block, summary)
+            rotation.results()
+            rotated = time.perf_counter()
+            scanner.scan_rotation(rotation)
+            seconds["reading"] += read - t
+            seconds["rotating"] += rotated - read
+            seconds["fitting"] += time.perf_counter() - rotated
+    n, width = scanner.rotation.shape
+    rate = 2.0 * n * width * scan.n_snps / seconds["rotating"] / 1e9
+    print("one thread, in this process: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+          + f" (the rotation at {rate:.0f} GFLOP/s)")  # fmt: skip
+
+
 def largest_relative_gap(table: pd.DataFrame, reference: pd.DataFrame) -> float:
     """max |p - p_ref| / |p_ref| over the rows (inf if the rows differ)."""
     if not table.index.equals(reference.index):
@@ -188,6 +222,7 @@ def report(folder: Path, args: argparse.Namespace) -> None:
               f"{scan.n_snps} SNPs in chunks of {scan.chunk_size} "
               f"({-(-scan.n_snps // scan.chunk_size)} chunks)")  # fmt: skip
 
+        phases(scan)
         runs: dict[str, list[float]] = {"in-process": [], "1 worker": [], "2 workers": []}
         reference: pd.DataFrame | None = None
         for round_ in range(args.repeats):  # alternated, so load changes hit all alike

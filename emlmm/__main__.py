@@ -398,6 +398,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_threads_option(command: argparse.ArgumentParser) -> None:
+    """``--threads N``, applied by :func:`main` around the command."""
+    command.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use at most N threads (BLAS, the .bed reader, a scan's second thread), as PLINK's "
+        "--threads; default: every core. --threads 1 suits a machine busy with other work",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emlmm", description="Linear mixed models with a kinship matrix, fitted by EM."
@@ -516,14 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="test the chunks on a Dask cluster, e.g. tcp://10.0.0.1:8786 (needs emlmm[dask])",
     )
-    scan.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="use at most N threads (BLAS, the .bed reader, the scan's own), as PLINK's "
-        "--threads; default: every core. --threads 1 suits a machine busy with other work",
-    )
+    _add_threads_option(scan)
     scan.set_defaults(run=run_gwas)
 
     relate = commands.add_parser("kinship", help="compute a kinship matrix from PLINK files")
@@ -565,14 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="centered",
         help="GEMMA's -gk 1 (centered) or -gk 2 (standardized)",
     )
-    relate.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="use at most N threads (BLAS, the .bed reader, the scan's own), as PLINK's "
-        "--threads; default: every core. --threads 1 suits a machine busy with other work",
-    )
+    _add_threads_option(relate)
     relate.set_defaults(run=run_kinship)
     return parser
 

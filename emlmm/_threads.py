@@ -19,16 +19,17 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 #: How long OpenBLAS's idle threads wait for work before they sleep, as a power of two
 #: of processor cycles (2**16, about 25 microseconds; OpenBLAS's own default is
 #: 2**28, a tenth of a second).
 OPENBLAS_THREAD_TIMEOUT = "16"
 
-#: The variable bed-reader reads its thread count from, at every read (the first of
-#: those it looks at; ``OPENBLAS_NUM_THREADS`` is not among them).
-BED_READER_THREADS = "PST_NUM_THREADS"
+#: The variables bed-reader takes its thread count from at every read, first found
+#: first (its documentation; ``OPENBLAS_NUM_THREADS`` is not among them). Without
+#: them it runs a thread per core.
+BED_READER_THREADS = ("PST_NUM_THREADS", "NUM_THREADS", "MKL_NUM_THREADS")
 
 #: Below this many columns (of the design and grouped effects together), a fit's
 #: products run on one BLAS thread.
@@ -61,8 +62,8 @@ def at_most(threads: int) -> Iterator[None]:
     """At most ``threads`` threads for the work inside (``emlmm gwas --threads``): the
     BLAS and OpenMP pools of every library loaded (threadpoolctl), bed-reader's reads
     of a .bed (:data:`BED_READER_THREADS`), and so a scan's own second thread, which
-    runs only where BLAS may run two (:func:`emlmm.gwas._scan_threads`). All are as
-    before on exit.
+    runs only where BLAS may run two (:func:`emlmm.gwas._scan_threads`). None gets
+    more threads than it had. All are as before on exit.
 
     Examples
     --------
@@ -75,16 +76,33 @@ def at_most(threads: int) -> Iterator[None]:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     import scipy.linalg  # noqa: F401  (SciPy's own OpenBLAS, loaded so the limit reaches it)
 
-    previous = os.environ.get(BED_READER_THREADS)
-    os.environ[BED_READER_THREADS] = str(threads)
+    controller = ThreadpoolController()  # found afresh: every library loaded by now
+    limits = {
+        library.filepath: min(threads, int(library.num_threads))
+        for library in controller.lib_controllers
+    }
+    variable = BED_READER_THREADS[0]
+    previous = os.environ.get(variable)
+    os.environ[variable] = str(min(threads, _bed_reader_threads()))
     try:
-        with threadpool_limits(limits=threads):
+        with controller.limit(limits=limits):
             yield
     finally:
         if previous is None:
-            del os.environ[BED_READER_THREADS]
+            del os.environ[variable]
         else:
-            os.environ[BED_READER_THREADS] = previous
+            os.environ[variable] = previous
+
+
+def _bed_reader_threads() -> int:
+    """The threads bed-reader reads with, as the environment sets them."""
+    for variable in BED_READER_THREADS:
+        if variable in os.environ:
+            try:
+                return max(int(os.environ[variable]), 1)
+            except ValueError:
+                break
+    return os.cpu_count() or 1
 
 
 def one_blas_thread(columns: int, below: int = SMALL) -> AbstractContextManager[Any]:

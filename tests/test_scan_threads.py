@@ -259,11 +259,13 @@ def test_the_threads_option_limits_blas_the_bed_reader_and_the_scan(
     from emlmm._threads import BED_READER_THREADS
     from emlmm.io import PlinkGenotypes
 
+    variable = BED_READER_THREADS[0]
+
     seen: list[tuple[str, object]] = []
     read, scan_threads = PlinkGenotypes.read, gwas_module._scan_threads
 
     def recording_read(self, *args, **kwargs):
-        seen.append(("read", (_most_blas_threads(), os.environ.get(BED_READER_THREADS))))
+        seen.append(("read", (_most_blas_threads(), os.environ.get(variable))))
         return read(self, *args, **kwargs)
 
     def recording_scan_threads():
@@ -272,7 +274,8 @@ def test_the_threads_option_limits_blas_the_bed_reader_and_the_scan(
 
     monkeypatch.setattr(PlinkGenotypes, "read", recording_read)
     monkeypatch.setattr(gwas_module, "_scan_threads", recording_scan_threads)
-    monkeypatch.delenv(BED_READER_THREADS, raising=False)
+    for name in BED_READER_THREADS:
+        monkeypatch.delenv(name, raising=False)
     tables = []
     with threadpool_limits(limits=2, user_api="blas"):
         before = _most_blas_threads()
@@ -291,7 +294,7 @@ def test_the_threads_option_limits_blas_the_bed_reader_and_the_scan(
         if before == 2:  # the default run shares its chunks between two threads
             assert ("scan", 2) in seen
     assert all(value[1] is None for kind, value in seen if kind == "read")
-    assert BED_READER_THREADS not in os.environ and after == before
+    assert variable not in os.environ and after == before
     assert tables[0] == tables[1]
 
 
@@ -309,3 +312,23 @@ def test_the_threads_option_wants_a_positive_whole_number(plink_prefix, tmp_path
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             with at_most(value):  # type: ignore[arg-type]
                 pass
+
+
+def test_at_most_never_raises_a_count(monkeypatch):
+    """``at_most(N)`` caps: BLAS already on one thread stays there, and bed-reader's
+    count from its own variables is kept when smaller."""
+    from threadpoolctl import threadpool_limits
+
+    from emlmm._threads import BED_READER_THREADS, at_most
+
+    for name in BED_READER_THREADS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NUM_THREADS", "1")
+    with threadpool_limits(limits=1, user_api="blas"):
+        with at_most(4):
+            assert _most_blas_threads() == 1
+            assert os.environ["PST_NUM_THREADS"] == "1"
+    monkeypatch.delenv("NUM_THREADS")
+    with at_most(10_000):
+        assert int(os.environ["PST_NUM_THREADS"]) == os.cpu_count()
+    assert "PST_NUM_THREADS" not in os.environ

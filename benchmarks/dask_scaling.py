@@ -223,14 +223,15 @@ def report(folder: Path, args: argparse.Namespace) -> None:
               f"({-(-scan.n_snps // scan.chunk_size)} chunks)")  # fmt: skip
 
         phases(scan)
-        runs: dict[str, list[float]] = {"in-process": [], "1 worker": [], "2 workers": []}
+        workers = {"in-process": 0, "1 worker": 1, "2 workers": 2}  # 0: no cluster
+        runs: dict[str, list[float]] = {name: [] for name in workers}
         reference: pd.DataFrame | None = None
         for round_ in range(args.repeats):  # alternated, so load changes hit all alike
             for name in runs:
-                if name == "in-process":
+                if not workers[name]:
                     seconds, table = timed(scan.run)
                 else:
-                    with local_cluster(int(name[0]), announce=round_ == 0) as client:
+                    with local_cluster(workers[name], announce=round_ == 0) as client:
                         seconds, table = timed(lambda: scan.run(client=client))
                 runs[name].append(seconds)
                 if reference is None:

@@ -89,17 +89,9 @@ def main() -> None:
         "--eigh-kinship", help="time eigh of this text kinship (in --workdir) instead"
     )
     args = parser.parse_args()
-    if args.eigh:
-        time_eigh(args.eigh, args.busy, args.repeats)
-        return
     folder = Path(args.workdir)
-    if args.eigh_kinship:
-        import numpy as np
-
-        matrix = np.loadtxt(folder / args.eigh_kinship)
-        saved = folder / "threads_ab_kinship.npy"
-        np.save(saved, matrix)
-        time_eigh(len(matrix), args.busy, args.repeats, str(saved))
+    if args.eigh or args.eigh_kinship:
+        time_eigh(eigh_matrix(folder, args.eigh, args.eigh_kinship), args.busy, args.repeats)
         return
     if args.gwas_args == GEMMA_EXAMPLE:
         for name in ("mouse.bed", "covar.txt", "ek.txt"):
@@ -148,11 +140,7 @@ def main() -> None:
 EIGH = """
 import time, numpy as np, scipy.linalg
 from threadpoolctl import threadpool_limits
-if {saved!r}:
-    matrix = np.load({saved!r})
-else:
-    factor = np.random.default_rng(0).standard_normal(({n}, 500))
-    matrix = factor @ factor.T / 500
+matrix = np.load({saved!r})
 with threadpool_limits({threads}, user_api="blas"):
     start = time.perf_counter()
     scipy.linalg.eigh(matrix, driver="evr", check_finite=False)
@@ -160,16 +148,34 @@ with threadpool_limits({threads}, user_api="blas"):
 """
 
 
-def time_eigh(n: int, busy: int, repeats: int, saved: str = "") -> None:
-    """Medians of ``repeats`` eigendecompositions on one and two BLAS threads (of the
-    matrix in the .npy file ``saved`` if given)."""
-    what = f"the kinship {saved}" if saved else "a rank-500 matrix"
-    print(f"eigh of {n} x {n}, {what}; {busy} busy process(es); {repeats} rounds")
+def eigh_matrix(folder: Path, n: int, kinship: str | None) -> Path:
+    """The matrix to decompose, saved once as ``threads_ab_kinship.npy`` in ``folder``
+    for the timed processes to load: the text kinship ``kinship`` (in ``folder``), or
+    else a rank-500 ``n x n`` matrix."""
+    import numpy as np
+
+    if kinship:
+        matrix = np.loadtxt(folder / kinship)
+    else:
+        factor = np.random.default_rng(0).standard_normal((n, 500))
+        matrix = factor @ factor.T / 500
+    saved = folder / "threads_ab_kinship.npy"
+    np.save(saved, matrix)
+    return saved
+
+
+def time_eigh(saved: Path, busy: int, repeats: int) -> None:
+    """Medians of ``repeats`` eigendecompositions of the matrix in ``saved`` (.npy) on
+    one and two BLAS threads, each in a fresh process."""
+    import numpy as np
+
+    n = np.load(saved, mmap_mode="r").shape[0]
+    print(f"eigh of {n} x {n}, {saved}; {busy} busy process(es); {repeats} rounds")
     seconds: dict[int, list[float]] = {1: [], 2: []}
     with busy_cores(busy):
         for _ in range(repeats):
             for threads in seconds:
-                code = EIGH.format(n=n, threads=threads, saved=saved)
+                code = EIGH.format(threads=threads, saved=str(saved))
                 done = subprocess.run([sys.executable, "-c", code], capture_output=True,
                                       text=True, check=True)  # fmt: skip
                 seconds[threads].append(float(done.stdout))

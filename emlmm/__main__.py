@@ -415,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emlmm", description="Linear mixed models with a kinship matrix, fitted by EM."
     )
     parser.add_argument("--version", action="version", version=f"emlmm {__version__}")
+    parser.set_defaults(threads=None)  # --threads: gwas and kinship only
     commands = parser.add_subparsers(dest="command", required=True)
     lab = commands.add_parser(
         "lab",
@@ -578,7 +579,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; a user's error ends it with one line and exit status 1."""
     args = build_parser().parse_args(argv)
-    args.threads = getattr(args, "threads", None)  # gwas and kinship only
     args.command_line = ["emlmm", *(sys.argv[1:] if argv is None else argv)]
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
